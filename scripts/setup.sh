@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv from scratch with torch==2.13.0 installed first (a plain `torch` requirement would
+# pull a multi-GB CUDA build), then the project with its extras. Also installs the system
+# libraries that offscreen MuJoCo rendering needs, when they are missing and we may install them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+need_gl=0
+ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || need_gl=1
+[ -e /usr/lib/x86_64-linux-gnu/dri ] || [ -e /usr/lib/aarch64-linux-gnu/dri ] || need_gl=1
+if [ "$need_gl" = 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing EGL/Mesa libraries for offscreen rendering"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libgl1-mesa-dri libosmesa6 >/dev/null
+  else
+    echo "[setup] warning: libEGL/Mesa not found; install libegl1 libgl1-mesa-dri for simulation rendering" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  echo "[setup] installing torch==2.13.0 (CPU)"
+  $PIP install -q torch==2.13.0
+fi
+echo "[setup] installing xwam with extras"
+$PIP install -q -e ".[all]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/bin/python" -c "import torch, diffusers, xwam; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('[setup] ok: torch', torch.__version__, 'diffusers', diffusers.__version__)"
+touch "$VENV/.xwam-installed"

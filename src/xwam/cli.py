@@ -1,0 +1,56 @@
+"""`xwam <verb>`: the command-line entry point.
+
+Each verb lives in its own module exposing ``register(subparsers)``; a module adds one or more
+sub-commands and sets ``func`` on them. Modules are imported when the parser is built so that
+``xwam --help`` lists exactly the verbs that exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute verbs, in the order `xwam --help` lists them.
+COMMAND_MODULES: list[str] = [
+    "xwam.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xwam",
+        description=(
+            "X-WAM: one diffusion transformer that jointly generates multi-view RGB-D video, future "
+            "states and an action chunk. Run `xwam <verb> --help` for each verb."
+        ),
+    )
+    from xwam import __version__
+
+    parser.add_argument("--version", action="version", version=f"xwam {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"xwam {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Typed configuration for the X-WAM model and its sampler, plus named presets.
+
+Configs are plain dataclasses so they serialise to JSON next to every checkpoint and can be
+overridden field by field from the command line (``--set model.num_layers=4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+CodecName = Literal["pixel", "wan22-vae"]
+TextEncoderName = Literal["minilm", "umt5", "none"]
+SolverName = Literal["unipc", "euler"]
+TimestepMode = Literal["ans", "independent", "synchronous"]
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes the shape of an X-WAM model.
+
+    Video: ``num_views`` cameras, ``num_frames`` frames per clip (frame 0 is the current
+    observation), ``frame_skip`` control steps between two video frames. The latent codec maps
+    ``1 + tc*k`` frames to ``1 + k`` latent frames (tc = temporal compression) and divides height
+    and width by its spatial compression. Actions: ``action_horizon`` steps at the control rate.
+    States: one per video frame (``num_frames`` tokens, token 0 = current state).
+    """
+
+    # observation / clip layout
+    num_views: int = 3
+    image_height: int = 256
+    image_width: int = 320
+    num_frames: int = 9
+    frame_skip: int = 4
+    action_horizon: int = 32
+    action_dim: int = 14
+    state_dim: int = 16
+    # latent codec
+    codec: CodecName = "wan22-vae"
+    latent_channels: int = 48
+    spatial_compression: int = 16
+    temporal_compression: int = 4
+    # DiT backbone (Wan2.2 layout)
+    num_layers: int = 30
+    num_heads: int = 24
+    head_dim: int = 128
+    ffn_dim: int = 14336
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    rope_max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    eps: float = 1e-6
+    # depth branch: the last `depth_layers` blocks are replicated into it (0 disables it)
+    depth_layers: int = 10
+    # text conditioning
+    text_encoder: TextEncoderName = "umt5"
+    text_dim: int = 4096
+    text_len: int = 512
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(p) for p in self.patch_size)  # JSON gives lists back
+        self.validate()
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def hidden_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def latent_frames(self) -> int:
+        return 1 + (self.num_frames - 1) // self.temporal_compression
+
+    @property
+    def latent_height(self) -> int:
+        return self.image_height // self.spatial_compression
+
+    @property
+    def latent_width(self) -> int:
+        return self.image_width // self.spatial_compression
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(latent frames, patch rows, patch cols) of one view after patchify."""
+        pt, ph, pw = self.patch_size
+        return self.latent_frames // pt, self.latent_height // ph, self.latent_width // pw
+
+    @property
+    def num_states(self) -> int:
+        return self.num_frames
+
+    @property
+    def num_video_tokens(self) -> int:
+        t, h, w = self.token_grid
+        return t * self.num_views * h * w
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_video_tokens + self.num_states + self.action_horizon
+
+    @property
+    def control_steps_per_latent_frame(self) -> int:
+        return self.frame_skip * self.temporal_compression
+
+    def validate(self) -> None:
+        problems = []
+        if (self.num_frames - 1) % self.temporal_compression:
+            problems.append(
+                f"num_frames={self.num_frames} must be 1 + a multiple of temporal_compression="
+                f"{self.temporal_compression}"
+            )
+        if self.image_height % (self.spatial_compression * self.patch_size[1]):
+            problems.append(
+                f"image_height={self.image_height} must be divisible by spatial_compression*patch="
+                f"{self.spatial_compression * self.patch_size[1]}"
+            )
+        if self.image_width % (self.spatial_compression * self.patch_size[2]):
+            problems.append(
+                f"image_width={self.image_width} must be divisible by spatial_compression*patch="
+                f"{self.spatial_compression * self.patch_size[2]}"
+            )
+        if self.patch_size[0] != 1:
+            problems.append("only a temporal patch size of 1 is supported (Wan2.2 uses (1, 2, 2))")
+        if not 0 <= self.depth_layers <= self.num_layers:
+            problems.append(f"depth_layers={self.depth_layers} must lie in [0, num_layers={self.num_layers}]")
+        if self.head_dim % 2 or self.head_dim < 6:
+            problems.append(f"head_dim={self.head_dim} must be even and >= 6 (3D RoPE)")
+        if self.action_horizon < 1 or self.num_views < 1:
+            problems.append("action_horizon and num_views must be >= 1")
+        if self.codec == "pixel" and self.latent_channels != 3 * self.spatial_compression**2:
+            problems.append(
+                f"the pixel codec gives 3*s^2 = {3 * self.spatial_compression**2} channels, "
+                f"but latent_channels={self.latent_channels}"
+            )
+        if self.codec == "pixel" and self.temporal_compression != 1:
+            problems.append("the pixel codec has temporal_compression 1")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+
+@dataclass
+class SamplerConfig:
+    """How the asynchronous sampler denoises (SPEC section 5)."""
+
+    video_steps: int = 50
+    action_steps: int = 10
+    shift: float = 5.0
+    sigma_max: float = 0.999
+    solver: SolverName = "unipc"
+    # "policy": stop after the action steps, depth off; "4d": all video steps, depth on
+    mode: Literal["policy", "4d"] = "policy"
+    depth: bool = True  # only used in 4d mode
+    cfg_scale: float = 1.0
+    # synchronous baseline: actions follow the video grid (for ablations and benchmarks)
+    synchronous: bool = False
+
+    def __post_init__(self) -> None:
+        if self.video_steps < 1 or self.action_steps < 1:
+            raise ValueError("video_steps and action_steps must be >= 1")
+        if self.action_steps > self.video_steps:
+            raise ValueError(
+                f"action_steps={self.action_steps} cannot exceed video_steps={self.video_steps}: "
+                "the action grid runs alongside the first calls of the video grid"
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    """Training-time noise distribution (SPEC section 5)."""
+
+    timestep_mode: TimestepMode = "ans"
+    shift: float = 5.0
+    clean_action_prob: float = 0.5
+    beta_a: float = 1.5
+    beta_b: float = 1.0
+    text_dropout: float = 0.1
+
+
+@dataclass
+class XWAMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    preset: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> XWAMConfig:
+        return cls(
+            model=_build(ModelConfig, data.get("model", {})),
+            sampler=_build(SamplerConfig, data.get("sampler", {})),
+            diffusion=_build(DiffusionConfig, data.get("diffusion", {})),
+            preset=data.get("preset", "custom"),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> XWAMConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def override(self, assignments: list[str]) -> XWAMConfig:
+        """Return a copy with ``section.field=value`` assignments applied (values parsed as JSON)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise ValueError(f"override {item!r} must look like section.field=value (e.g. model.num_layers=4)")
+            key, raw = item.split("=", 1)
+            section, name = key.split(".", 1)
+            if section not in ("model", "sampler", "diffusion"):
+                raise ValueError(f"unknown config section {section!r} in {item!r}")
+            valid = {f.name for f in fields(type(getattr(self, section)))}
+            if name not in valid:
+                raise ValueError(f"unknown field {name!r} in section {section!r}; valid: {sorted(valid)}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw  # bare strings such as model.codec=pixel
+            data[section][name] = value
+        return XWAMConfig.from_dict(data)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**data)
+
+
+def _tiny() -> XWAMConfig:
+    # Wan2.2-shaped but tiny: seconds on a CPU, for unit tests.
+    model = ModelConfig(
+        num_views=2,
+        image_height=32,
+        image_width=32,
+        num_frames=3,
+        frame_skip=2,
+        action_horizon=4,
+        action_dim=7,
+        state_dim=8,
+        codec="pixel",
+        latent_channels=48,
+        spatial_compression=4,
+        temporal_compression=1,
+        num_layers=3,
+        num_heads=2,
+        head_dim=12,
+        ffn_dim=32,
+        rope_max_seq_len=32,
+        depth_layers=1,
+        text_encoder="none",
+        text_dim=32,
+        text_len=8,
+    )
+    return XWAMConfig(model=model, sampler=SamplerConfig(video_steps=8, action_steps=4), preset="tiny")
+
+
+def _small() -> XWAMConfig:
+    # The CPU demo model: trained from scratch in minutes on two cores.
+    model = ModelConfig(
+        num_views=3,
+        image_height=64,
+        image_width=64,
+        num_frames=3,
+        frame_skip=4,
+        action_horizon=8,
+        action_dim=7,
+        state_dim=8,
+        codec="pixel",
+        latent_channels=48,
+        spatial_compression=4,
+        temporal_compression=1,
+        num_layers=6,
+        num_heads=6,
+        head_dim=64,
+        ffn_dim=1024,
+        rope_max_seq_len=64,
+        depth_layers=2,
+        text_encoder="minilm",
+        text_dim=384,
+        text_len=16,
+    )
+    return XWAMConfig(model=model, sampler=SamplerConfig(video_steps=20, action_steps=5), preset="small")
+
+
+def _wan22_ti2v_5b() -> XWAMConfig:
+    # The paper's model: Wan2.2-TI2V-5B backbone, 3 views at 256x320, 9 frames, 32x14 actions.
+    return XWAMConfig(model=ModelConfig(), sampler=SamplerConfig(), preset="wan22-ti2v-5b")
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "wan22-ti2v-5b": _wan22_ti2v_5b}
+
+
+def get_preset(name: str) -> XWAMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """dataclasses.replace re-exported for convenience (re-runs validation)."""
+    return dataclasses.replace(cfg, **changes)
