@@ -1,0 +1,1 @@
+"""Flow matching, Asynchronous Noise Sampling (ANS) and the asynchronous sampler."""

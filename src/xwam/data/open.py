@@ -1,0 +1,26 @@
+"""Open any supported dataset folder by its layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from xwam.data.errors import DatasetError
+
+
+def open_dataset(root: str | Path, **kwargs: Any) -> Any:
+    """A ``LeRobotV3Dataset`` (``meta/info.json``) or a ``ReleaseDataset`` (``metadata.json``)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset not found: {root}")
+    if (root / "meta" / "info.json").is_file():
+        from xwam.data.lerobot import LeRobotV3Dataset
+
+        return LeRobotV3Dataset(root, **kwargs)
+    if (root / "metadata.json").is_file():
+        from xwam.data.release import ReleaseDataset
+
+        return ReleaseDataset(root, **kwargs)
+    raise DatasetError(
+        f"{root}: neither a LeRobot v3 dataset (meta/info.json) nor a release dataset (metadata.json)"
+    )

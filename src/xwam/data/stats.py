@@ -1,0 +1,416 @@
+"""Normalisation statistics: LeRobot's ``meta/stats.json`` and our :class:`NormStats`.
+
+Statistics are exact: every frame of every episode is used (quantiles by ``numpy.quantile`` with
+linear interpolation), unless a dataset has more than ``max_frames`` frames, in which case a
+seeded uniform sample of ``max_frames`` frames is used (the q01/q99 of a uniform sample of n
+frames is within about ``sqrt(q (1 - q) / n)`` in quantile rank: 0.0002 for 2 M frames).
+
+Normalisation (SPEC section 6):
+- state: xyz and gripper -> ``2 (x - q01) / (q99 - q01) - 1`` (q01 -> -1, q99 -> +1); quaternion
+  dimensions are left raw.
+- action: ``x / b`` with ``b = max(|q01|, |q99|)``, so 0 stays 0 ("no motion").
+- dimensions that are identically zero (padding, e.g. the right arm of single-arm data) are
+  invalid: they normalise to 0, unnormalise to 0 and carry ``valid = False`` so losses mask them.
+Values outside the quantile range are not clipped (normalisation is exactly invertible).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xwam.data.errors import DatasetError
+from xwam.data.layout import default_action_names, default_state_names, quaternion_dims
+
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+DEFAULT_MAX_FRAMES = 2_000_000
+_EPS = 1e-8
+
+
+@dataclass
+class FeatureStats:
+    """Per-dimension statistics of one vector feature."""
+
+    q01: np.ndarray
+    q99: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    count: int
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> FeatureStats:
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[0] == 0:
+            raise ValueError(f"statistics need a non-empty (N, D) array, got shape {values.shape}")
+        q01, q99 = np.quantile(values, [0.01, 0.99], axis=0)
+        return cls(
+            q01=q01,
+            q99=q99,
+            mean=values.mean(0),
+            std=values.std(0),
+            min=values.min(0),
+            max=values.max(0),
+            count=int(values.shape[0]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            k: np.asarray(getattr(self, k)).tolist() for k in ("q01", "q99", "mean", "std", "min", "max")
+        }
+        out["count"] = self.count
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureStats:
+        return cls(
+            **{k: np.asarray(data[k], dtype=np.float64) for k in ("q01", "q99", "mean", "std", "min", "max")},
+            count=int(data.get("count", 0)),
+        )
+
+
+@dataclass
+class NormStats:
+    """State and action normalisation statistics plus per-dimension validity masks."""
+
+    state: FeatureStats
+    action: FeatureStats
+    state_names: list[str]
+    action_names: list[str]
+    state_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    action_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    state_raw: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def __post_init__(self) -> None:
+        S, A = len(self.state.q01), len(self.action.q01)
+        if len(self.state_valid) != S:
+            self.state_valid = _nonzero_dims(self.state)
+        if len(self.action_valid) != A:
+            self.action_valid = _nonzero_dims(self.action)
+        if len(self.state_raw) != S:
+            self.state_raw = np.asarray(quaternion_dims(self.state_names), bool)
+        self.state_valid = np.asarray(self.state_valid, bool)
+        self.action_valid = np.asarray(self.action_valid, bool)
+        self.state_raw = np.asarray(self.state_raw, bool)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        state: np.ndarray,
+        action: np.ndarray,
+        state_names: list[str] | None = None,
+        action_names: list[str] | None = None,
+    ) -> NormStats:
+        state, action = np.asarray(state), np.asarray(action)
+        return cls(
+            state=FeatureStats.from_array(state),
+            action=FeatureStats.from_array(action),
+            state_names=list(state_names or default_state_names(state.shape[1])),
+            action_names=list(action_names or default_action_names(action.shape[1])),
+        )
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state.q01)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action.q01)
+
+    @property
+    def action_bound(self) -> np.ndarray:
+        return np.maximum(np.abs(self.action.q01), np.abs(self.action.q99))
+
+    # ---- (un)normalisation: numpy arrays or torch tensors of shape (..., D) -----------------
+    def normalize_state(self, x: Any) -> Any:
+        lo, span, use, raw = self._state_params(x)
+        y = 2.0 * (x - lo) / span - 1.0
+        y = _where(raw, x, y)
+        return _where(use, y, x * 0)
+
+    def unnormalize_state(self, y: Any) -> Any:
+        lo, span, use, raw = self._state_params(y)
+        x = (y + 1.0) * 0.5 * span + lo
+        x = _where(raw, y, x)
+        return _where(use, x, y * 0)
+
+    def normalize_action(self, x: Any) -> Any:
+        bound, use = self._action_params(x)
+        return _where(use, x / bound, x * 0)
+
+    def unnormalize_action(self, y: Any) -> Any:
+        bound, use = self._action_params(y)
+        return _where(use, y * bound, y * 0)
+
+    def _state_params(self, like: Any) -> tuple[Any, Any, Any, Any]:
+        _check_dim(like, self.state_dim, "state")
+        span = self.state.q99 - self.state.q01
+        degenerate = span < _EPS
+        use = self.state_valid & (~degenerate | self.state_raw)
+        span = np.where(degenerate, 1.0, span)
+        return (
+            _like(self.state.q01, like),
+            _like(span, like),
+            _like(use, like, mask=True),
+            _like(self.state_raw, like, mask=True),
+        )
+
+    def _action_params(self, like: Any) -> tuple[Any, Any]:
+        _check_dim(like, self.action_dim, "action")
+        bound = self.action_bound
+        use = self.action_valid & (bound >= _EPS)
+        bound = np.where(bound < _EPS, 1.0, bound)
+        return _like(bound, like), _like(use, like, mask=True)
+
+    # ---- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "xwam-norm-stats/1",
+            "state": self.state.to_dict(),
+            "action": self.action.to_dict(),
+            "state_names": list(self.state_names),
+            "action_names": list(self.action_names),
+            "state_valid": self.state_valid.tolist(),
+            "action_valid": self.action_valid.tolist(),
+            "state_raw": self.state_raw.tolist(),
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from xwam.data.lerobot import atomic_write_json
+
+            atomic_write_json(path, self.to_dict())
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormStats:
+        try:
+            return cls(
+                state=FeatureStats.from_dict(data["state"]),
+                action=FeatureStats.from_dict(data["action"]),
+                state_names=list(data["state_names"]),
+                action_names=list(data["action_names"]),
+                state_valid=np.asarray(data.get("state_valid", []), bool),
+                action_valid=np.asarray(data.get("action_valid", []), bool),
+                state_raw=np.asarray(data.get("state_raw", []), bool),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid normalisation statistics: {exc!r}") from exc
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> NormStats:
+        """Load from a JSON file path or a JSON string."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"normalisation statistics not found: {path}")
+            try:
+                return cls.from_dict(json.loads(path.read_text()))
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+        return cls.from_dict(json.loads(text))
+
+
+def _nonzero_dims(stats: FeatureStats) -> np.ndarray:
+    return ~((np.abs(stats.min) == 0) & (np.abs(stats.max) == 0))
+
+
+def _check_dim(x: Any, dim: int, what: str) -> None:
+    if x.shape[-1] != dim:
+        raise ValueError(f"{what} has {x.shape[-1]} dims but the statistics have {dim}")
+
+
+def _like(values: np.ndarray, like: Any, mask: bool = False) -> Any:
+    if _is_torch(like):
+        import torch
+
+        return torch.as_tensor(values, dtype=torch.bool if mask else like.dtype, device=like.device)
+    return np.asarray(values, dtype=bool if mask else np.result_type(like, np.float32))
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    if _is_torch(a) or _is_torch(b):
+        import torch
+
+        return torch.where(cond, a, b)
+    return np.where(cond, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset-level computation
+# ---------------------------------------------------------------------------------------------
+def gather_state_action(
+    dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (state, action) frames of a dataset (subsampled to ``max_frames`` with a fixed seed)."""
+    states, actions = [], []
+    for i in range(dataset.num_episodes):
+        if hasattr(dataset, "episode_numeric"):
+            s, a = dataset.episode_numeric(i)
+        else:
+            ep = dataset.episode(i)
+            s, a = ep.state, ep.action
+        states.append(np.asarray(s, np.float64))
+        actions.append(np.asarray(a, np.float64))
+    if not states:
+        raise DatasetError(f"{getattr(dataset, 'root', dataset)}: no episodes to compute statistics from")
+    state, action = np.concatenate(states), np.concatenate(actions)
+    if len(state) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(state), max_frames, replace=False))
+        state, action = state[keep], action[keep]
+    return state, action
+
+
+def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES) -> NormStats:
+    state, action = gather_state_action(dataset, max_frames)
+    return NormStats.from_arrays(
+        state, action, getattr(dataset, "state_names", None), getattr(dataset, "action_names", None)
+    )
+
+
+def _lerobot_feature_stats(values: np.ndarray) -> dict[str, Any]:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    out = {
+        "min": values.min(0),
+        "max": values.max(0),
+        "mean": values.mean(0),
+        "std": values.std(0),
+        "count": np.array([len(values)]),
+    }
+    qs = np.quantile(values, list(QUANTILES.values()), axis=0)
+    for name, q in zip(QUANTILES, qs):
+        out[name] = q
+    return {k: np.asarray(v).tolist() for k, v in out.items()}
+
+
+def compute_lerobot_stats(
+    dataset: Any,
+    *,
+    image_episodes: int = 4,
+    image_frames_per_episode: int = 8,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> dict[str, Any]:
+    """``meta/stats.json`` content in LeRobot's format (min/max/mean/std/count/q01..q99 per feature).
+
+    Vector features use every frame. Camera features get per-channel statistics in [0, 1] of shape
+    (3, 1, 1) from a sample of frames (``image_frames_per_episode`` evenly spaced frames of up to
+    ``image_episodes`` evenly spaced episodes): LeRobot uses them only for optional image
+    normalisation, so a sample is enough.
+    """
+    from xwam.data.lerobot import column_to_numpy
+
+    stats: dict[str, Any] = {}
+    numeric_keys = [
+        k for k, f in dataset.features.items() if f.get("dtype") in ("float32", "float64", "int64")
+    ]
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in numeric_keys}
+    for i in range(dataset.num_episodes):
+        table = dataset.episode_table(i)
+        for key in numeric_keys:
+            if key in table.column_names:
+                columns[key].append(column_to_numpy(table, key, f"episode {i}").reshape(table.num_rows, -1))
+    rng = np.random.default_rng(0)
+    for key, parts in columns.items():
+        if parts:
+            values = np.concatenate(parts)
+            if len(values) > max_frames:
+                values = values[np.sort(rng.choice(len(values), max_frames, replace=False))]
+            stats[key] = _lerobot_feature_stats(values)
+    n = dataset.num_episodes
+    if image_episodes and n:
+        chosen = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, image_episodes))})
+        pixels: dict[str, list[np.ndarray]] = {cam: [] for cam in dataset.camera_names}
+        for i in chosen:
+            ep = dataset.episode(i, load_depth=False)
+            pick = np.unique(np.linspace(0, ep.length - 1, image_frames_per_episode).round().astype(int))
+            for cam in dataset.camera_names:
+                pixels[cam].append(ep.rgb[cam][pick].reshape(-1, 3) / 255.0)
+        for cam, parts in pixels.items():
+            values = np.concatenate(parts)
+            s = _lerobot_feature_stats(values)
+            stats[dataset.rgb_keys[cam]] = {
+                k: (np.asarray(v).reshape(-1, 1, 1).tolist() if k != "count" else v) for k, v in s.items()
+            }
+    return stats
+
+
+def write_dataset_stats(root: str | Path, *, images: bool = True) -> NormStats:
+    """Compute and write ``meta/stats.json`` (LeRobot) and ``meta/xwam_norm.json`` (NormStats)."""
+    from xwam.data.lerobot import NORM_PATH, STATS_PATH, LeRobotV3Dataset, atomic_write_json
+
+    dataset = LeRobotV3Dataset(root, cache_size=0)
+    lerobot_stats = compute_lerobot_stats(dataset, image_episodes=4 if images else 0)
+    atomic_write_json(Path(root) / STATS_PATH, lerobot_stats)
+    norm = compute_norm_stats(dataset)
+    norm.to_json(Path(root) / NORM_PATH)
+    return norm
+
+
+def load_dataset_norm_stats(root: str | Path) -> NormStats:
+    """The dataset's NormStats: ``meta/xwam_norm.json``, else derived from LeRobot's stats.json."""
+    from xwam.data.lerobot import NORM_PATH, STATS_PATH, LeRobotV3Dataset
+
+    root = Path(root)
+    if (root / NORM_PATH).is_file():
+        return NormStats.from_json(root / NORM_PATH)
+    if (root / STATS_PATH).is_file():
+        data = json.loads((root / STATS_PATH).read_text())
+        if "observation.state" in data and "action" in data:
+            ds = LeRobotV3Dataset(root, cache_size=0)
+            return NormStats(
+                state=FeatureStats.from_dict(data["observation.state"]),
+                action=FeatureStats.from_dict(data["action"]),
+                state_names=ds.state_names or default_state_names(len(data["observation.state"]["q01"])),
+                action_names=ds.action_names or default_action_names(len(data["action"]["q01"])),
+            )
+    raise FileNotFoundError(
+        f"{root}: no statistics (meta/xwam_norm.json or meta/stats.json); run `xwam dataset stats`"
+    )
+
+
+def compare_stats(dataset_stats: NormStats, checkpoint_stats: NormStats, rtol: float = 1e-3) -> list[str]:
+    """Human-readable disagreements between two NormStats (empty when they agree).
+
+    Values agree when ``|a - b| <= rtol * max(|a|, |b|, q99 - q01)`` per dimension, so tiny
+    absolute differences on near-zero statistics of a wide dimension are not reported.
+    """
+    problems: list[str] = []
+    for part in ("state", "action"):
+        a_names = getattr(dataset_stats, f"{part}_names")
+        b_names = getattr(checkpoint_stats, f"{part}_names")
+        if len(a_names) != len(b_names):
+            problems.append(f"{part} dimension: dataset {len(a_names)} vs checkpoint {len(b_names)}")
+            continue
+        for i, (x, y) in enumerate(zip(a_names, b_names)):
+            if x != y:
+                problems.append(f"{part}[{i}] name: dataset {x!r} vs checkpoint {y!r}")
+        a, b = getattr(dataset_stats, part), getattr(checkpoint_stats, part)
+        scale = np.maximum(np.abs(a.q99 - a.q01), np.abs(b.q99 - b.q01))
+        for stat in ("q01", "q99", "mean", "std", "min", "max"):
+            va, vb = getattr(a, stat), getattr(b, stat)
+            tol = rtol * np.maximum(np.maximum(np.abs(va), np.abs(vb)), scale)
+            for i in np.flatnonzero(np.abs(va - vb) > tol):
+                problems.append(
+                    f"{part}[{i}] ({a_names[i]}) {stat}: dataset {va[i]:.6g} vs checkpoint {vb[i]:.6g}"
+                )
+        for mask in ("valid", "raw") if part == "state" else ("valid",):
+            ma = getattr(dataset_stats, f"{part}_{mask}")
+            mb = getattr(checkpoint_stats, f"{part}_{mask}")
+            for i in np.flatnonzero(ma != mb):
+                problems.append(
+                    f"{part}[{i}] ({a_names[i]}) {mask}: dataset {bool(ma[i])} vs checkpoint {bool(mb[i])}"
+                )
+    return problems

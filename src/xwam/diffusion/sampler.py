@@ -1,0 +1,207 @@
+"""The asynchronous sampler: few steps for actions, the full schedule for video (SPEC section 5).
+
+Two streams with their own sigma grids: video (N steps) and actions+states (k steps). Model call
+i uses the video sigma i and, while i < k, the action sigma i; afterwards actions and states are
+clean and frozen and only the video continues. The conditioning (latent frame 0, state 0) is
+re-imposed after every call.
+
+- policy mode: stop after k calls, depth branch off: the action chunk after k forward passes;
+- 4D mode: all N calls; the depth branch predicts clean depth directly and the main branch never
+  reads it, so it runs only at the last call (``depth_every_call`` reproduces the release, which
+  runs it every call and keeps the last: the result is identical).
+
+Actions are handed out (generator event or callback) as soon as the k-th call finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import UniPCMultistepScheduler
+
+from xwam.config import SamplerConfig
+from xwam.diffusion.flow import sigma_grid
+from xwam.model.transformer import XWAMTransformer
+
+
+class EulerSolver:
+    """First-order flow-matching steps on an explicit sigma grid."""
+
+    def __init__(self, steps: int, shift: float, sigma_max: float) -> None:
+        self.sigmas = sigma_grid(steps, shift, sigma_max).float()
+
+    def step(self, i: int, velocity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.sigmas[i + 1] - self.sigmas[i]).item() * velocity
+
+
+class UniPCSolver:
+    """diffusers' UniPC (order 2, bh2, flow prediction) on the release's grid; one per stream (stateful)."""
+
+    def __init__(self, steps: int, shift: float, sigma_max: float) -> None:
+        self.scheduler = UniPCMultistepScheduler(
+            num_train_timesteps=1000, solver_order=2, solver_type="bh2", prediction_type="flow_prediction",
+            use_flow_sigmas=True, flow_shift=shift, final_sigmas_type="zero",
+        )
+        base = np.linspace(sigma_max, 0.0, steps + 1)[:-1]
+        self.scheduler.set_timesteps(sigmas=base)
+        self.scheduler.set_begin_index(0)
+        self.sigmas = self.scheduler.sigmas.float()
+
+    def step(self, i: int, velocity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(velocity, self.scheduler.timesteps[i], x, return_dict=False)[0]
+
+
+SOLVERS = {"euler": EulerSolver, "unipc": UniPCSolver}
+
+
+@dataclass
+class Conditioning:
+    """What the sampler is conditioned on, all normalised and on the model's device.
+
+    video0: (B, V, C, 1, h, w) latents of the current frame; state0: (B, Ds); text: (B, L, text_dim);
+    text_uncond: (1 or B, L, text_dim), needed only for classifier-free guidance.
+    """
+
+    video0: torch.Tensor
+    state0: torch.Tensor
+    text: torch.Tensor
+    text_uncond: torch.Tensor | None = None
+
+
+@dataclass
+class SampleResult:
+    actions: torch.Tensor  # (B, K, A) normalised
+    states: torch.Tensor  # (B, S, Ds) normalised
+    video: torch.Tensor | None = None  # (B, V, C, T, h, w) latents, after the video schedule
+    depth: torch.Tensor | None = None  # (B, V, C, T, h, w) depth latents (4D mode with depth)
+    calls: int = 0
+    call_ms: list[float] = field(default_factory=list)
+    time_to_action_ms: float | None = None
+
+
+@dataclass
+class SamplerEvent:
+    kind: str  # "actions" once the action stream is clean, "done" at the end
+    call: int
+    result: SampleResult
+
+
+class AsyncSampler:
+    def __init__(self, model: XWAMTransformer, cfg: SamplerConfig | None = None) -> None:
+        self.model = model
+        self.cfg = cfg or SamplerConfig()
+
+    def _solver(self, steps: int):
+        if self.cfg.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.cfg.solver!r}; choose one of {sorted(SOLVERS)}")
+        return SOLVERS[self.cfg.solver](steps, self.cfg.shift, self.cfg.sigma_max)
+
+    @torch.no_grad()
+    def iterate(
+        self,
+        cond: Conditioning,
+        *,
+        mode: str | None = None,
+        depth: bool | None = None,
+        depth_every_call: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[SamplerEvent]:
+        """Run the sampler, yielding an ``actions`` event after the k-th call and ``done`` at the end."""
+        cfg, model = self.cfg, self.model
+        mcfg = model.cfg
+        mode = mode or cfg.mode
+        if mode not in ("policy", "4d"):
+            raise ValueError(f"unknown sampler mode {mode!r}; choose policy or 4d")
+        want_depth = (cfg.depth if depth is None else depth) and mode == "4d" and model.depth_branch is not None
+        device = cond.video0.device
+        dtype = next(model.parameters()).dtype
+        batch = cond.video0.shape[0]
+        video_steps = cfg.video_steps
+        action_steps = video_steps if cfg.synchronous else cfg.action_steps
+        calls = action_steps if mode == "policy" else video_steps
+        video_solver, action_solver = self._solver(video_steps), self._solver(action_steps)
+        guided = cfg.cfg_scale != 1.0
+        if guided and cond.text_uncond is None:
+            raise ValueError("classifier-free guidance (cfg_scale != 1) needs Conditioning.text_uncond")
+
+        def randn(*shape: int) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+        frames, height, width = mcfg.latent_frames, cond.video0.shape[-2], cond.video0.shape[-1]
+        x_video = randn(batch, mcfg.num_views, mcfg.latent_channels, frames, height, width)
+        x_video[:, :, :, :1] = cond.video0
+        x_actions = randn(batch, mcfg.action_horizon, mcfg.action_dim)
+        x_states = randn(batch, mcfg.num_states, mcfg.state_dim)
+        x_states[:, 0] = cond.state0
+        text = cond.text
+        if guided:
+            text = torch.cat([cond.text, cond.text_uncond.expand_as(cond.text)], 0)
+
+        result = SampleResult(actions=x_actions, states=x_states)
+        start = time.perf_counter()
+        for i in range(calls):
+            t0 = time.perf_counter()
+            t_video = video_solver.sigmas[i].to(device).expand(batch)
+            actions_active = i < action_steps
+            t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
+            run_depth = want_depth and (depth_every_call or i == calls - 1)
+            inputs = [x_video, x_actions, x_states]
+            if guided:
+                inputs = [torch.cat([x, x], 0) for x in inputs]
+                t_video, t_action = t_video.repeat(2), t_action.repeat(2)
+            out = model(
+                inputs[0].to(dtype), text.to(dtype), t_video, t_action, inputs[1].to(dtype), inputs[2].to(dtype),
+                depth=run_depth,
+            )
+            v_video, v_actions, v_states = out.video.float(), out.actions.float(), out.states.float()
+            if guided:
+                v_video, v_actions, v_states = (
+                    u + cfg.cfg_scale * (c - u) for c, u in (v.chunk(2, 0) for v in (v_video, v_actions, v_states))
+                )
+            if out.depth is not None:
+                result.depth = out.depth.float()[:batch]
+            x_video = video_solver.step(i, v_video, x_video)
+            x_video[:, :, :, :1] = cond.video0
+            if actions_active:
+                # actions and states share one stream (and one stateful solver): pack them
+                packed = torch.cat([x_actions.flatten(1), x_states.flatten(1)], 1)
+                v_packed = torch.cat([v_actions.flatten(1), v_states.flatten(1)], 1)
+                packed = action_solver.step(i, v_packed, packed)
+                n = x_actions[0].numel()
+                x_actions = packed[:, :n].reshape(x_actions.shape)
+                x_states = packed[:, n:].reshape(x_states.shape).clone()
+                x_states[:, 0] = cond.state0
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.call_ms.append((time.perf_counter() - t0) * 1000)
+            result.calls = i + 1
+            if i == action_steps - 1:
+                result.actions, result.states = x_actions, x_states
+                result.time_to_action_ms = (time.perf_counter() - start) * 1000
+                yield SamplerEvent("actions", i + 1, result)
+        if mode == "4d":
+            result.video = x_video
+        yield SamplerEvent("done", calls, result)
+
+    def sample(
+        self,
+        cond: Conditioning,
+        *,
+        mode: str | None = None,
+        depth: bool | None = None,
+        depth_every_call: bool = False,
+        generator: torch.Generator | None = None,
+        on_actions: Callable[[SampleResult], None] | None = None,
+    ) -> SampleResult:
+        """Run to the end; ``on_actions`` is called as soon as the action chunk is ready."""
+        result = None
+        for event in self.iterate(cond, mode=mode, depth=depth, depth_every_call=depth_every_call,
+                                  generator=generator):
+            if event.kind == "actions" and on_actions is not None:
+                on_actions(event.result)
+            result = event.result
+        return result

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from xwam.config import SamplerConfig, get_preset
+from xwam.diffusion.sampler import AsyncSampler, Conditioning
+from xwam.model.transformer import XWAMTransformer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return XWAMTransformer(get_preset("tiny").model).eval()
+
+
+def conditioning(model, batch=2, seed=0):
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    return Conditioning(
+        video0=torch.randn(batch, cfg.num_views, cfg.latent_channels, 1, cfg.latent_height, cfg.latent_width, generator=g),
+        state0=torch.randn(batch, cfg.state_dim, generator=g),
+        text=torch.randn(batch, cfg.text_len, cfg.text_dim, generator=g),
+        text_uncond=torch.zeros(1, cfg.text_len, cfg.text_dim),
+    )
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps the model to record every call's times and depth flag."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.cfg, self.depth_branch, self.calls = model, model.cfg, model.depth_branch, []
+
+    def forward(self, video, text, t_video, t_action, actions, states, depth=False):
+        self.calls.append((t_video[0].item(), t_action[0].item(), depth))
+        return self.inner(video, text, t_video, t_action, actions, states, depth=depth)
+
+
+@pytest.mark.parametrize("solver", ["euler", "unipc"])
+def test_policy_mode_stops_after_the_action_steps_without_depth(model, solver):
+    counting = CountingModel(model)
+    cfg = SamplerConfig(video_steps=8, action_steps=3, solver=solver)
+    result = AsyncSampler(counting, cfg).sample(conditioning(model), mode="policy", generator=torch.Generator().manual_seed(0))
+    assert result.calls == 3 and len(counting.calls) == 3
+    assert all(not depth for *_, depth in counting.calls)
+    assert result.video is None and result.depth is None
+    assert result.actions.shape == (2, model.cfg.action_horizon, model.cfg.action_dim)
+    assert torch.isfinite(result.actions).all()
+    # video follows its own (50-step-like) grid: still very noisy while the actions finish
+    t_video = [c[0] for c in counting.calls]
+    t_action = [c[1] for c in counting.calls]
+    assert all(tv >= ta for tv, ta in zip(t_video, t_action)) and t_video[-1] > 0.9
+
+
+def test_actions_are_handed_out_before_the_video_finishes(model):
+    counting = CountingModel(model)
+    sampler = AsyncSampler(counting, SamplerConfig(video_steps=6, action_steps=2, solver="euler"))
+    events = []
+    for event in sampler.iterate(conditioning(model), mode="4d", generator=torch.Generator().manual_seed(0)):
+        events.append((event.kind, event.call, len(counting.calls)))
+        if event.kind == "actions":
+            assert event.result.video is None  # the video is still being denoised
+            actions_at_event = event.result.actions.clone()
+    assert events == [("actions", 2, 2), ("done", 6, 6)]
+    # after the action steps the actions are clean and frozen (t_action = 0)
+    assert [c[1] for c in counting.calls[2:]] == [0.0] * 4
+    seen = []
+    final = sampler.sample(conditioning(model), mode="4d", generator=torch.Generator().manual_seed(0),
+                           on_actions=lambda r: seen.append(len(counting.calls)))
+    assert seen == [6 + 2]  # the callback fired right after the 2nd call of that run
+    torch.testing.assert_close(final.actions, actions_at_event)
+
+
+def test_conditioning_is_reimposed(model):
+    cond = conditioning(model)
+    result = AsyncSampler(model, SamplerConfig(video_steps=5, action_steps=2, solver="unipc")).sample(
+        cond, mode="4d", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.video[:, :, :, :1], cond.video0)
+    assert torch.equal(result.states[:, 0], cond.state0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "unipc"])
+def test_depth_only_at_the_last_call_equals_depth_at_every_call(model, solver):
+    counting = CountingModel(model)
+    sampler = AsyncSampler(counting, SamplerConfig(video_steps=5, action_steps=2, solver=solver))
+    last = sampler.sample(conditioning(model), mode="4d", generator=torch.Generator().manual_seed(3))
+    assert [c[2] for c in counting.calls] == [False] * 4 + [True]
+    every = sampler.sample(conditioning(model), mode="4d", depth_every_call=True,
+                           generator=torch.Generator().manual_seed(3))
+    assert torch.equal(last.depth, every.depth)
+    assert torch.equal(last.video, every.video) and torch.equal(last.actions, every.actions)
+
+
+def test_synchronous_baseline_needs_the_full_video_schedule_for_actions(model):
+    counting = CountingModel(model)
+    sampler = AsyncSampler(counting, SamplerConfig(video_steps=6, action_steps=2, synchronous=True, solver="euler"))
+    result = sampler.sample(conditioning(model), mode="policy", generator=torch.Generator().manual_seed(0))
+    assert result.calls == 6
+    assert all(tv == ta for tv, ta, _ in counting.calls)
+
+
+def test_classifier_free_guidance_runs_and_needs_the_empty_text(model):
+    cond = conditioning(model)
+    sampler = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2, cfg_scale=3.0, solver="euler"))
+    guided = sampler.sample(cond, generator=torch.Generator().manual_seed(0))
+    plain = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2, solver="euler")).sample(
+        cond, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(guided.actions).all() and not torch.allclose(guided.actions, plain.actions)
+    cond.text_uncond = None
+    with pytest.raises(ValueError, match="text_uncond"):
+        sampler.sample(cond)
+
+
+def test_sampler_config_validates():
+    with pytest.raises(ValueError, match="cannot exceed"):
+        SamplerConfig(video_steps=5, action_steps=10)
