@@ -55,6 +55,9 @@ class ModelConfig:
     eps: float = 1e-6
     # depth branch: the last `depth_layers` blocks are replicated into it (0 disables it)
     depth_layers: int = 10
+    # metric range of the inverse-depth encoding fed to the codec (xwam.codecs.depth)
+    depth_near: float = 0.05
+    depth_far: float = 5.0
     # text conditioning
     text_encoder: TextEncoderName = "umt5"
     text_dim: int = 4096
