@@ -10,10 +10,10 @@ $(VENV)/.xwam-installed: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.xwam-installed
 
 test: setup
-	MUJOCO_GL=$${MUJOCO_GL:-egl} PYOPENGL_PLATFORM=$${PYOPENGL_PLATFORM:-egl} $(PY) -m pytest -q
+	MUJOCO_GL=$${MUJOCO_GL:-egl} PYOPENGL_PLATFORM=$${PYOPENGL_PLATFORM:-egl} $(PY) -m pytest -q -m "not benchmark"
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not benchmark"
 
 demo: setup
 	MUJOCO_GL=$${MUJOCO_GL:-egl} PYOPENGL_PLATFORM=$${PYOPENGL_PLATFORM:-egl} $(VENV)/bin/xwam demo $(DEMO_ARGS)

@@ -16,6 +16,13 @@ import sys
 COMMAND_MODULES: list[str] = [
     "xwam.commands.collect",
     "xwam.commands.dataset",
+    "xwam.commands.train",
+    "xwam.commands.eval",
+    "xwam.commands.imagine",
+    "xwam.commands.serve",
+    "xwam.commands.bench",
+    "xwam.commands.convert",
+    "xwam.commands.demo",
     "xwam.commands.info",
 ]
 

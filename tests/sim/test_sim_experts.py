@@ -67,7 +67,7 @@ def test_record_episode_stops_at_max_steps_and_rejects_bad_input():
         env.close()
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 @pytest.mark.parametrize("task", ["Lift", "Stack", "PickPlaceCan"])
 def test_expert_success_rate_over_50_seeds(task):
     episodes = list(collect_expert_episodes(task, range(50), cameras=()))
