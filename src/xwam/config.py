@@ -29,8 +29,9 @@ class ModelConfig:
     States: one per video frame (``num_frames`` tokens, token 0 = current state).
     """
 
-    # observation / clip layout
+    # observation / clip layout; camera_names fixes the view order (filled from the training data)
     num_views: int = 3
+    camera_names: list[str] = field(default_factory=list)
     image_height: int = 256
     image_width: int = 320
     num_frames: int = 9
@@ -65,12 +66,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)  # JSON gives lists back
+        self.camera_names = list(self.camera_names)
         self.validate()
 
     # ---- derived quantities -------------------------------------------------------------
     @property
     def hidden_dim(self) -> int:
         return self.num_heads * self.head_dim
+
+    @property
+    def view_names(self) -> list[str]:
+        """Camera names in model view order (view0, view1, ... when the config names none)."""
+        return list(self.camera_names) or [f"view{i}" for i in range(self.num_views)]
 
     @property
     def latent_frames(self) -> int:
@@ -130,6 +137,8 @@ class ModelConfig:
             problems.append(f"depth_layers={self.depth_layers} must lie in [0, num_layers={self.num_layers}]")
         if self.head_dim % 2 or self.head_dim < 6:
             problems.append(f"head_dim={self.head_dim} must be even and >= 6 (3D RoPE)")
+        if self.camera_names and len(self.camera_names) != self.num_views:
+            problems.append(f"camera_names {self.camera_names} must name num_views={self.num_views} cameras")
         if self.action_horizon < 1 or self.num_views < 1:
             problems.append("action_horizon and num_views must be >= 1")
         if self.codec == "pixel" and self.latent_channels != 3 * self.spatial_compression**2:
@@ -271,6 +280,7 @@ def _small() -> XWAMConfig:
     # The CPU demo model: trained from scratch in minutes on two cores.
     model = ModelConfig(
         num_views=3,
+        camera_names=["robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand"],
         image_height=64,
         image_width=64,
         num_frames=3,

@@ -64,12 +64,15 @@ class Conditioning:
 
     video0: (B, V, C, 1, h, w) latents of the current frame; state0: (B, Ds); text: (B, L, text_dim);
     text_uncond: (1 or B, L, text_dim), needed only for classifier-free guidance.
+    action_prefix: (B, d, A) actions already committed to the robot (real-time chunking): the
+    first d actions of the chunk are inpainted with them, so the rest continues from them.
     """
 
     video0: torch.Tensor
     state0: torch.Tensor
     text: torch.Tensor
     text_uncond: torch.Tensor | None = None
+    action_prefix: torch.Tensor | None = None
 
 
 @dataclass
@@ -135,6 +138,12 @@ class AsyncSampler:
         x_video = randn(batch, mcfg.num_views, mcfg.latent_channels, frames, height, width)
         x_video[:, :, :, :1] = cond.video0
         x_actions = randn(batch, mcfg.action_horizon, mcfg.action_dim)
+        prefix = cond.action_prefix
+        if prefix is not None:
+            if prefix.shape[1] > mcfg.action_horizon or prefix.shape[2] != mcfg.action_dim:
+                raise ValueError(f"action_prefix {tuple(prefix.shape)} does not fit the chunk "
+                                 f"({mcfg.action_horizon} x {mcfg.action_dim})")
+            prefix_noise = randn(*prefix.shape)
         x_states = randn(batch, mcfg.num_states, mcfg.state_dim)
         x_states[:, 0] = cond.state0
         text = cond.text
@@ -149,6 +158,11 @@ class AsyncSampler:
             actions_active = i < action_steps
             t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
             run_depth = want_depth and (depth_every_call or i == calls - 1)
+            if prefix is not None and actions_active:
+                # inpaint the committed prefix at the stream's current noise level (in distribution:
+                # all action tokens share one time), so the new actions are generated to follow it
+                ta = action_solver.sigmas[i].item()
+                x_actions[:, : prefix.shape[1]] = (1 - ta) * prefix + ta * prefix_noise
             inputs = [x_video, x_actions, x_states]
             if guided:
                 inputs = [torch.cat([x, x], 0) for x in inputs]
@@ -180,6 +194,8 @@ class AsyncSampler:
             result.call_ms.append((time.perf_counter() - t0) * 1000)
             result.calls = i + 1
             if i == action_steps - 1:
+                if prefix is not None:
+                    x_actions[:, : prefix.shape[1]] = prefix
                 result.actions, result.states = x_actions, x_states
                 result.time_to_action_ms = (time.perf_counter() - start) * 1000
                 yield SamplerEvent("actions", i + 1, result)

@@ -1,0 +1,248 @@
+"""The runtime policy: raw observations in, an action chunk (robot units) out.
+
+``XWAMPolicy`` applies the checkpoint's camera order and normalisation, runs the asynchronous
+sampler in policy mode (ANS: k action steps, depth off, nothing decoded) and unnormalises the
+chunk. ``select_action`` keeps an action queue and re-plans every ``replan_every`` actions; with
+real-time chunking (``rtc_delay = d``) the next chunk is computed with its first d actions fixed
+to those already committed, so consecutive chunks join without a jump.
+
+Observations follow the openpi conventions: per-camera uint8 HWC images either nested
+(``obs["images"][camera]``) or flat (``obs["observation/images/<camera>"]``), the state vector as
+``obs["state"]`` or ``obs["observation/state"]``, and the instruction as ``obs["prompt"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xwam.config import SamplerConfig, XWAMConfig
+from xwam.data.stats import NormStats
+from xwam.diffusion.sampler import AsyncSampler, Conditioning
+from xwam.model.checkpoint import load_checkpoint
+from xwam.model.transformer import XWAMTransformer
+from xwam.processor import XWAMProcessor
+
+IMAGE_PREFIX = "observation/images/"
+STATE_KEYS = ("state", "observation/state")
+
+
+@dataclass
+class PolicyTiming:
+    encode_ms: float = 0.0
+    text_ms: float = 0.0
+    dit_ms: list[float] | None = None
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        dit = self.dit_ms or []
+        return {"encode_ms": self.encode_ms, "text_ms": self.text_ms, "dit_ms": sum(dit),
+                "dit_calls": len(dit), "dit_ms_per_call": (sum(dit) / len(dit)) if dit else 0.0,
+                "infer_ms": self.total_ms}
+
+
+class ActionChunker:
+    """Action queue over any chunk source: ``infer(obs, action_prefix) -> (K, A) actions``.
+
+    Re-plans when the queue is empty or ``replan_every`` actions were executed since the last plan;
+    with ``rtc_delay = d`` the next d queued actions are passed as the committed prefix of the new
+    chunk (real-time chunking). Used by the in-process policy and by remote clients alike.
+    """
+
+    def __init__(self, infer: Any, horizon: int, replan_every: int | None = None, rtc_delay: int = 0) -> None:
+        self.infer = infer
+        self.replan_every = replan_every or max(1, horizon // 2)
+        if not 1 <= self.replan_every <= horizon:
+            raise ValueError(f"replan_every must lie in [1, {horizon}]")
+        if not 0 <= rtc_delay <= horizon - self.replan_every:
+            raise ValueError(f"rtc_delay must lie in [0, action_horizon - replan_every = {horizon - self.replan_every}]")
+        self.rtc_delay = rtc_delay
+        self.queue: deque[np.ndarray] = deque()
+        self.executed_since_plan = 0
+        self.plans = 0
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.executed_since_plan = 0
+
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        if not self.queue or self.executed_since_plan >= self.replan_every:
+            committed = [self.queue[i] for i in range(min(self.rtc_delay, len(self.queue)))]
+            prefix = np.stack(committed) if committed else None
+            self.queue = deque(np.asarray(self.infer(obs, prefix), np.float32))
+            self.executed_since_plan = 0
+            self.plans += 1
+        self.executed_since_plan += 1
+        return self.queue.popleft()
+
+
+class XWAMPolicy:
+    def __init__(
+        self,
+        model: XWAMTransformer,
+        config: XWAMConfig,
+        processor: XWAMProcessor,
+        *,
+        replan_every: int | None = None,
+        rtc_delay: int = 0,
+        default_prompt: str = "",
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.processor = processor
+        self.sampler = AsyncSampler(model, config.sampler)
+        mcfg = config.model
+        self.camera_names = mcfg.view_names
+        self.image_shape = (mcfg.image_height, mcfg.image_width, 3)
+        self.chunker = ActionChunker(lambda obs, prefix: self.infer(obs, action_prefix=prefix)["actions"],
+                                     mcfg.action_horizon, replan_every, rtc_delay)
+        self.default_prompt = default_prompt
+        self.generator = torch.Generator(device=processor.device).manual_seed(seed)
+        self.last_timing: PolicyTiming | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sampler: SamplerConfig | None = None,
+        vae_path: str | None = None,
+        text_path: str | None = None,
+        **kwargs: Any,
+    ) -> XWAMPolicy:
+        model, config, stats = load_checkpoint(path, device=device, dtype=dtype)
+        if stats is None:
+            raise ValueError(f"{path} has no norm_stats.json: a policy needs the training normalisation")
+        if sampler is not None:
+            config.sampler = sampler
+        processor = XWAMProcessor.build(config.model, NormStats.from_dict(stats), vae_path=vae_path,
+                                        text_path=text_path, device=device)
+        return cls(model, config, processor, **kwargs)
+
+    # ---- protocol used by the server --------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        m = self.config.model
+        stats = self.processor.norm_stats
+        return {
+            "model": "xwam",
+            "preset": self.config.preset,
+            "camera_names": self.camera_names,
+            "image_keys": [IMAGE_PREFIX + c for c in self.camera_names],
+            "image_shape": list(self.image_shape),
+            "state_key": "observation/state",
+            "state_dim": m.state_dim,
+            "state_names": list(stats.state_names) if stats else [],
+            "action_horizon": m.action_horizon,
+            "action_dim": m.action_dim,
+            "action_names": list(stats.action_names) if stats else [],
+            "action_steps": self.config.sampler.action_steps,
+        }
+
+    def _images(self, obs: dict[str, Any]) -> list[Any]:
+        nested = obs.get("images") if isinstance(obs.get("images"), dict) else {}
+        out = []
+        for cam in self.camera_names:
+            img = nested.get(cam, obs.get(IMAGE_PREFIX + cam))
+            if img is None:
+                raise ValueError(f"missing image for camera {cam!r} (expected key {IMAGE_PREFIX + cam!r} "
+                                 f"or images[{cam!r}]); cameras: {self.camera_names}")
+            out.append(img)
+        return out
+
+    def _state(self, obs: dict[str, Any]) -> Any:
+        for key in STATE_KEYS:
+            if key in obs:
+                return obs[key]
+        raise ValueError(f"missing state (expected one of {list(STATE_KEYS)})")
+
+    def validate(self, obs: dict[str, Any]) -> None:
+        """Raise ValueError saying what is wrong with an observation."""
+        if not isinstance(obs, dict):
+            raise ValueError(f"observation must be a dict, got {type(obs).__name__}")
+        for cam, img in zip(self.camera_names, self._images(obs)):
+            if not isinstance(img, np.ndarray):
+                raise ValueError(f"image {cam!r} must be a numpy array, got {type(img).__name__}")
+            if img.dtype != np.uint8:
+                raise ValueError(f"image {cam!r} must be uint8, got {img.dtype}")
+            if img.shape != self.image_shape:
+                raise ValueError(f"image {cam!r} must have shape {self.image_shape} (H, W, 3), got {img.shape}")
+        state = np.asarray(self._state(obs))
+        if state.dtype.kind not in "fiu":
+            raise ValueError(f"state must be numeric, got dtype {state.dtype}")
+        if state.shape != (self.config.model.state_dim,):
+            raise ValueError(f"state must have shape ({self.config.model.state_dim},), got {state.shape}")
+        if not np.isfinite(state).all():
+            raise ValueError("state contains NaN or infinite values")
+        prompt = obs.get("prompt", self.default_prompt)
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        prefix = obs.get("action_prefix")
+        if prefix is not None:
+            prefix = np.asarray(prefix)
+            m = self.config.model
+            if prefix.ndim != 2 or prefix.shape[1] != m.action_dim or prefix.shape[0] > m.action_horizon \
+                    or prefix.dtype.kind not in "fiu" or not np.isfinite(prefix).all():
+                raise ValueError(f"action_prefix must be a finite (d <= {m.action_horizon}, {m.action_dim}) array")
+
+    # ---- inference ----------------------------------------------------------------------------
+    def infer_batch(self, observations: list[dict[str, Any]],
+                    action_prefix: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Action chunks for a batch of observations (robot units)."""
+        for obs in observations:
+            self.validate(obs)
+        start = time.perf_counter()
+        dev = self.processor.device
+        images = torch.as_tensor(np.stack([np.stack(self._images(o)) for o in observations]))  # (B,V,H,W,3)
+        states = np.stack([np.asarray(self._state(o), np.float32) for o in observations])
+        prompts = [o.get("prompt", self.default_prompt) for o in observations]
+        stats = self.processor.norm_stats
+        t0 = time.perf_counter()
+        video0 = self.processor.encode_current_frame(images)
+        t1 = time.perf_counter()
+        text = self.processor.encode_text(prompts)
+        t2 = time.perf_counter()
+        prefix = None
+        if action_prefix is not None and len(action_prefix):
+            prefix = stats.normalize_action(torch.as_tensor(np.asarray(action_prefix, np.float32), device=dev))
+            prefix = prefix.float().reshape(len(observations), -1, self.config.model.action_dim)
+        cond = Conditioning(
+            video0=video0,
+            state0=stats.normalize_state(torch.as_tensor(states, device=dev)).float(),
+            text=text,
+            text_uncond=self.processor.empty_text() if self.config.sampler.cfg_scale != 1.0 else None,
+            action_prefix=prefix,
+        )
+        result = self.sampler.sample(cond, mode="policy", generator=self.generator)
+        actions = self.processor.unnormalize_actions(result.actions).cpu().numpy().astype(np.float32)
+        future_states = self.processor.unnormalize_states(result.states).cpu().numpy().astype(np.float32)
+        timing = PolicyTiming(encode_ms=(t1 - t0) * 1000, text_ms=(t2 - t1) * 1000, dit_ms=result.call_ms,
+                              total_ms=(time.perf_counter() - start) * 1000)
+        self.last_timing = timing
+        return [{"actions": actions[i], "states": future_states[i], "timing": timing.to_dict()}
+                for i in range(len(observations))]
+
+    def infer(self, obs: dict[str, Any], action_prefix: np.ndarray | None = None) -> dict[str, Any]:
+        """One chunk. ``action_prefix`` (d, A), or ``obs["action_prefix"]`` from a remote client, fixes
+        the chunk's first d actions (real-time chunking)."""
+        if action_prefix is None:
+            action_prefix = obs.get("action_prefix")
+        prefix = None if action_prefix is None else np.asarray(action_prefix, np.float32)[None]
+        return self.infer_batch([obs], action_prefix=prefix)[0]
+
+    # ---- closed loop ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.chunker.reset()
+
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        """Next action to execute (see ``ActionChunker``)."""
+        return self.chunker.select_action(obs)
