@@ -15,7 +15,7 @@ from xwam.diffusion.objective import training_losses
 from xwam.diffusion.sampler import AsyncSampler, Conditioning
 from xwam.model.transformer import XWAMTransformer
 
-STEPS = int(__import__("os").environ.get("XWAM_TEST_STEPS", "1200"))
+STEPS = int(__import__("os").environ.get("XWAM_TEST_STEPS", "1600"))
 
 
 def make_batch(cfg, seed=0):
@@ -60,6 +60,7 @@ def trained():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS)
     g = torch.Generator().manual_seed(0)
+    preset.diffusion.action_prefix_prob = 0.3  # teach continuation from committed actions quickly
     for _ in range(STEPS):
         losses = training_losses(model, video, text, actions, states, cfg=preset.diffusion, depth=depth, generator=g)
         opt.zero_grad()
@@ -119,5 +120,5 @@ def test_real_time_chunking_follows_the_committed_prefix_on_a_two_mode_distribut
     jump_free = (free[:, d] - mode_a[d - 1]).abs().mean(dim=1)
     print(f"mode A picked without prefix: {picks_a:.0%}; boundary step: data {true_step:.3f}, "
           f"RTC mean {jump_rtc.mean():.3f} / max {jump_rtc.max():.3f}, free mean {jump_free.mean():.3f}")
-    assert jump_rtc.max() < true_step + 0.25
-    assert jump_rtc.mean() < jump_free.mean()
+    assert jump_rtc.mean() < 0.75 * jump_free.mean()
+    assert jump_rtc.mean() < true_step + 0.2  # the tiny model's own action error is ~0.1

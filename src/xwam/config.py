@@ -188,6 +188,10 @@ class DiffusionConfig:
     beta_a: float = 1.5
     beta_b: float = 1.0
     text_dropout: float = 0.1
+    # Real-time chunking support: for this share of samples with noisy actions, a random prefix of
+    # 1..K/2 actions is given clean (t = 0, excluded from the loss), so at inference the next chunk
+    # can be generated as a continuation of actions already committed to the robot.
+    action_prefix_prob: float = 0.1
 
 
 @dataclass

@@ -48,6 +48,16 @@ def training_losses(
     noisy_video = add_noise(video, e_video, levels.t_video)
     noisy_video[:, :, :, :1] = video[:, :, :, :1]  # the observation stays clean
     noisy_actions = add_noise(actions, e_actions, levels.t_action)
+    prefix_len = None
+    if cfg.action_prefix_prob > 0 and actions.shape[1] > 1:
+        horizon = actions.shape[1]
+        use = (torch.rand(batch, generator=generator, device=device) < cfg.action_prefix_prob) & ~levels.actions_clean
+        lengths = torch.randint(1, max(2, horizon // 2 + 1), (batch,), generator=generator, device=device)
+        prefix_len = torch.where(use, lengths, torch.zeros_like(lengths))
+        committed = torch.arange(horizon, device=device)[None, :] < prefix_len[:, None]  # (B, K)
+        noisy_actions = torch.where(committed[..., None], actions, noisy_actions)
+        keep = (~committed)[..., None].to(actions.dtype)  # committed actions are inputs, not targets
+        action_mask = keep if action_mask is None else action_mask * keep
     noisy_states = add_noise(states, e_states, levels.t_action)
     noisy_states[:, :1] = states[:, :1]
 
@@ -57,7 +67,7 @@ def training_losses(
 
     out = model(
         noisy_video, text, levels.t_video, levels.t_action, noisy_actions, noisy_states,
-        depth=depth is not None,
+        depth=depth is not None, action_prefix_len=prefix_len,
     )
     return xwam_losses(
         out.video, velocity_target(video, e_video),

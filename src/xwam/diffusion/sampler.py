@@ -65,7 +65,8 @@ class Conditioning:
     video0: (B, V, C, 1, h, w) latents of the current frame; state0: (B, Ds); text: (B, L, text_dim);
     text_uncond: (1 or B, L, text_dim), needed only for classifier-free guidance.
     action_prefix: (B, d, A) actions already committed to the robot (real-time chunking): the
-    first d actions of the chunk are inpainted with them, so the rest continues from them.
+    first d actions of the chunk are given clean (t = 0) and kept, so the rest continues from them
+    (models learn this with ``DiffusionConfig.action_prefix_prob``).
     """
 
     video0: torch.Tensor
@@ -143,7 +144,6 @@ class AsyncSampler:
             if prefix.shape[1] > mcfg.action_horizon or prefix.shape[2] != mcfg.action_dim:
                 raise ValueError(f"action_prefix {tuple(prefix.shape)} does not fit the chunk "
                                  f"({mcfg.action_horizon} x {mcfg.action_dim})")
-            prefix_noise = randn(*prefix.shape)
         x_states = randn(batch, mcfg.num_states, mcfg.state_dim)
         x_states[:, 0] = cond.state0
         text = cond.text
@@ -158,18 +158,20 @@ class AsyncSampler:
             actions_active = i < action_steps
             t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
             run_depth = want_depth and (depth_every_call or i == calls - 1)
-            if prefix is not None and actions_active:
-                # inpaint the committed prefix at the stream's current noise level (in distribution:
-                # all action tokens share one time), so the new actions are generated to follow it
-                ta = action_solver.sigmas[i].item()
-                x_actions[:, : prefix.shape[1]] = (1 - ta) * prefix + ta * prefix_noise
+            prefix_len = None
+            if prefix is not None:
+                # committed actions enter clean (t = 0), as in training with action prefixes
+                x_actions[:, : prefix.shape[1]] = prefix
+                prefix_len = torch.full((batch,), prefix.shape[1], device=device)
             inputs = [x_video, x_actions, x_states]
             if guided:
                 inputs = [torch.cat([x, x], 0) for x in inputs]
                 t_video, t_action = t_video.repeat(2), t_action.repeat(2)
+                prefix_len = None if prefix_len is None else prefix_len.repeat(2)
+            extra = {} if prefix_len is None else {"action_prefix_len": prefix_len}
             out = model(
                 inputs[0].to(dtype), text.to(dtype), t_video, t_action, inputs[1].to(dtype), inputs[2].to(dtype),
-                depth=run_depth,
+                depth=run_depth, **extra,
             )
             v_video, v_actions, v_states = out.video.float(), out.actions.float(), out.states.float()
             if guided:

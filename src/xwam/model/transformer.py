@@ -200,8 +200,10 @@ class XWAMTransformer(nn.Module):
         num_states: int,
         num_actions: int,
         condition_frames: int = 1,
+        action_prefix_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token diffusion time (B, L) in [0, 1]: conditioning frames and state 0 are clean."""
+        """Per-token diffusion time (B, L) in [0, 1]: conditioning frames and state 0 are clean, and so
+        are the first ``action_prefix_len[b]`` actions (committed actions, real-time chunking)."""
         frames, h, w = grid
         per_frame = self.cfg.num_views * h * w
         batch = t_video.shape[0]
@@ -213,7 +215,11 @@ class XWAMTransformer(nn.Module):
             states[:, 0] = 0.0
             parts.append(states)
         if num_actions:
-            parts.append(t_action.float()[:, None].expand(batch, num_actions))
+            actions = t_action.float()[:, None].expand(batch, num_actions)
+            if action_prefix_len is not None:
+                steps = torch.arange(num_actions, device=actions.device)
+                actions = actions.masked_fill(steps[None] < action_prefix_len.to(actions.device)[:, None], 0.0)
+            parts.append(actions)
         return torch.cat(parts, dim=1)
 
     def _time_embedding(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,12 +252,14 @@ class XWAMTransformer(nn.Module):
         depth: bool = False,
         condition_frames: int = 1,
         timesteps: torch.Tensor | None = None,
+        action_prefix_len: torch.Tensor | None = None,
     ) -> XWAMOutput:
         """Predict velocities (and optionally clean depth latents).
 
         video: (B, V, C, T, h, w) noisy latents; text: (B, L_text, text_dim); t_video, t_action: (B,)
         sigmas in [0, 1]; actions: (B, K, action_dim); states: (B, S, state_dim). ``timesteps``
-        (B, L) overrides the per-token times built from t_video/t_action.
+        (B, L) overrides the per-token times built from t_video/t_action; ``action_prefix_len`` (B,)
+        marks that many leading actions as clean (committed).
         """
         cfg, bb = self.cfg, self.backbone
         batch, views, _, frames, height, width = video.shape
@@ -277,7 +285,8 @@ class XWAMTransformer(nn.Module):
         num_video = parts[0].shape[1]
 
         if timesteps is None:
-            timesteps = self.token_timesteps(grid, t_video, t_action, num_states, num_actions, condition_frames)
+            timesteps = self.token_timesteps(grid, t_video, t_action, num_states, num_actions, condition_frames,
+                                             action_prefix_len)
         temb, mod = self._time_embedding(timesteps)
         context = bb.condition_embedder.text_embedder(text.to(x.dtype))
         rope = self._rope(grid, num_states, num_actions, x.device)
