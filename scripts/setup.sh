@@ -19,6 +19,15 @@ if [ "$need_gl" = 1 ]; then
   fi
 fi
 
+# Headless Chromium checks that the offline HTML reports render (tests/viz); optional elsewhere.
+if ! command -v chromium >/dev/null 2>&1 && [ "${XWAM_SKIP_CHROMIUM:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium (headless report checks)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "[setup] warning: could not install chromium; the report rendering test will be skipped" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PYTHON" -m venv "$VENV"
