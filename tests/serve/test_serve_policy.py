@@ -1,0 +1,143 @@
+"""End to end with the real XWAMPolicy on a tiny random checkpoint: in-process and via `xwam serve`."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xwam.serve.client import PolicyClient
+from xwam.serve.server import PolicyServer, ServablePolicy, ServerThread
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from xwam.config import get_preset
+    from xwam.data.stats import NormStats
+    from xwam.model.checkpoint import save_checkpoint
+    from xwam.model.transformer import XWAMTransformer
+
+    config = get_preset("tiny")
+    config.model.text_encoder = "none"
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    stats = NormStats.from_arrays(
+        rng.normal(size=(64, config.model.state_dim)), rng.normal(size=(64, config.model.action_dim))
+    )
+    path = tmp_path_factory.mktemp("serve") / "tiny"
+    save_checkpoint(path, XWAMTransformer(config.model), config, stats.to_dict())
+    return path
+
+
+def _observation(metadata: dict[str, Any], seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    shape = tuple(metadata["image_shape"])
+    obs: dict[str, Any] = {key: rng.integers(0, 256, shape, dtype=np.uint8) for key in metadata["image_keys"]}
+    obs["observation/state"] = rng.normal(size=metadata["state_dim"]).astype(np.float32)
+    obs["prompt"] = "lift the cube"
+    return obs
+
+
+def _check_actions(answer: dict[str, Any], metadata: dict[str, Any]) -> None:
+    actions = answer["actions"]
+    assert actions.dtype == np.float32
+    assert actions.shape == (metadata["action_horizon"], metadata["action_dim"])
+    assert np.isfinite(actions).all()
+    assert answer["server_timing"]["infer_ms"] > 0
+
+
+def test_real_policy_served_in_process(tiny_checkpoint: Path) -> None:
+    from xwam.policy import XWAMPolicy
+
+    policy = XWAMPolicy.from_checkpoint(tiny_checkpoint)
+    assert isinstance(policy, ServablePolicy)
+    with ServerThread(PolicyServer(policy, host=HOST, port=0, max_batch=4)) as running:
+        with PolicyClient(HOST, running.port, timeout=60) as client:
+            metadata = client.metadata
+            assert metadata["model"] == "xwam" and metadata["preset"] == "tiny"
+            _check_actions(client.infer(_observation(metadata, 0)), metadata)
+            bad = _observation(metadata, 1)
+            del bad[metadata["image_keys"][0]]
+            with pytest.raises(RuntimeError, match="invalid observation: missing image"):
+                client.infer(bad)
+            bad = _observation(metadata, 2)
+            bad["observation/state"] = bad["observation/state"][:-1]
+            with pytest.raises(RuntimeError, match="state must have shape"):
+                client.infer(bad)
+            _check_actions(client.infer(_observation(metadata, 3)), metadata)
+
+
+def _read_lines(stream: Any, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+@pytest.mark.slow  # a subprocess importing torch and loading the model: 7-20 s on a busy 2-core machine
+def test_xwam_serve_command_answers_and_stops_on_sigterm(tiny_checkpoint: Path) -> None:
+    env = {**os.environ, "XWAM_API_KEY": "k3y"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xwam.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", "0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True).start()
+    log: list[str] = []
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                log.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            match = re.search(r"on ws://127\.0\.0\.1:(\d+)", log[-1])
+            port = int(match.group(1)) if match else None
+        assert port is not None, "server did not start:\n" + "".join(log)
+        with pytest.raises(RuntimeError, match="API key"):
+            PolicyClient(HOST, port, timeout=30, retries=0)
+        with PolicyClient(HOST, port, api_key="k3y", timeout=60) as client:
+            for seed in range(2):
+                _check_actions(client.infer(_observation(client.metadata, seed)), client.metadata)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    time.sleep(0.2)  # let the reader thread drain the last lines
+    while not lines.empty():
+        log.append(lines.get_nowait())
+    text = "".join(log)
+    assert len(re.findall(r"127\.0\.0\.1:\d+ infer [\d.]+ ms", text)) == 2, text  # one line per request
+    assert "server stopped (2 answered" in text, text
+
+
+def test_xwam_serve_reports_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xwam.cli import main
+
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+
+
+def test_client_side_imports_do_not_need_torch() -> None:
+    code = "import sys, xwam.serve; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
