@@ -1,0 +1,271 @@
+"""`xwam imagine` and `xwam eval-4d`: the 4D future the model imagines, and how good it is."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "imagine",
+        help="generate the future multi-view RGB-D video and 4D point clouds from one observation",
+        description=(
+            "Runs the sampler in 4D mode (all video steps, depth branch at the last call) from the current "
+            "frame of a recorded episode (--episode DATA:INDEX[:START]) or of a fresh simulator episode "
+            "(--task TASK --seed N), decodes RGB and metric depth for every predicted frame and view, and fuses "
+            "one world-frame point cloud per timestep (static cameras from their calibration, the wrist camera "
+            "from the predicted end-effector pose). Writes imagination.mp4 (views x predicted RGB / depth / "
+            "ground truth), clouds/tNN.ply, report.html (offline, interactive point clouds) and summary.json."
+        ),
+    )
+    _common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--episode", help="DATASET:EPISODE[:START], e.g. data/lift:3 or data/lift:3:20")
+    src.add_argument("--task", help="a simulator task to start a live episode (e.g. Lift)")
+    p.add_argument("--seed", type=int, default=0, help="simulator seed for --task, and the sampler seed")
+    p.add_argument("--out", default="out/imagine", help="output folder (default out/imagine)")
+    p.add_argument("--rerun", action="store_true", help="also write imagination.rrd (needs rerun-sdk)")
+    p.set_defaults(func=run_imagine)
+
+    q = sub.add_parser(
+        "eval-4d",
+        help="4D quality on held-out episodes: PSNR/SSIM, depth AbsRel/delta1, Chamfer (metres)",
+        description=(
+            "Imagines the future from frames of held-out episodes and compares with the recorded future: PSNR "
+            "and SSIM on RGB (static views, as the paper reports, and all views), depth AbsRel and delta1, "
+            "Chamfer distance of the fused clouds in metres, LPIPS when its weights are available locally. "
+            "Writes metrics.json and metrics.md (per frame and averaged)."
+        ),
+    )
+    _common(q)
+    q.add_argument("--data", required=True, help="dataset folder (LeRobot v3 or X-WAM release layout)")
+    q.add_argument("--episodes", default="-3:",
+                   help="episode indices: a Python-style slice like -5: (the last five, default -3:) or a comma list")
+    q.add_argument("--starts", type=int, default=2, help="start frames per episode, evenly spaced (default 2)")
+    q.add_argument("--seed", type=int, default=0, help="sampler seed")
+    q.add_argument("--out", default="out/eval-4d", help="output folder (default out/eval-4d)")
+    q.add_argument("--save-clips", type=int, default=1, help="write imagine outputs for the first N clips")
+    q.set_defaults(func=run_eval_4d)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="xwam checkpoint folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--video-steps", type=int, default=None, help="override the sampler's video steps N")
+    p.add_argument("--max-depth", type=float, default=None, help="ignore depth beyond this many metres")
+    p.add_argument("--voxel", type=float, default=0.005, help="voxel size (m) of the saved clouds (0: none)")
+
+
+def _policy(args):
+    from xwam.policy import XWAMPolicy
+
+    policy = XWAMPolicy.from_checkpoint(args.checkpoint, device=args.device)
+    if args.video_steps:
+        policy.config.sampler.video_steps = args.video_steps
+        policy.config.sampler.action_steps = min(policy.config.sampler.action_steps, args.video_steps)
+    return policy
+
+
+def parse_episode_ref(ref: str) -> tuple[str, int, int | None]:
+    parts = ref.rsplit(":", 2)
+    try:
+        if len(parts) == 3 and parts[1].lstrip("-").isdigit() and parts[2].isdigit():
+            return parts[0], int(parts[1]), int(parts[2])
+        root, index = ref.rsplit(":", 1)
+        return root, int(index), None
+    except ValueError as exc:
+        raise ValueError(f"--episode must look like DATASET:EPISODE[:START] (e.g. data/lift:3), got {ref!r}") from exc
+
+
+def _imagine_from_episode(policy, episode, start: int, args, seed: int):
+    from xwam.imagine import clip_from_episode, imagine
+
+    m = policy.config.model
+    cams = policy.camera_names
+    truth = clip_from_episode(episode, start, m.num_frames, m.frame_skip, m.action_horizon, cams)
+    if episode.intrinsics is None or episode.extrinsics is None:
+        raise ValueError("the episode has no camera calibration: 4D lifting needs intrinsics and extrinsics")
+    f0 = truth.frame_indices[0]
+    imag = imagine(
+        policy, {c: truth.rgb[c][0] for c in cams}, truth.states[0], episode.task,
+        {c: episode.intrinsics[c][f0] for c in cams}, {c: episode.extrinsics[c][f0] for c in cams},
+        seed=seed, max_depth=args.max_depth, voxel=args.voxel or None,
+    )
+    return imag, truth
+
+
+def _check_resolution(policy, episode) -> None:
+    h, w, _ = policy.image_shape
+    cam = policy.camera_names[0]
+    if cam in episode.rgb and episode.rgb[cam].shape[1:3] != (h, w):
+        raise ValueError(f"the episode's images are {episode.rgb[cam].shape[1:3]} but the model expects {(h, w)}")
+
+
+def run_imagine(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xwam.geometry.metrics import evaluate_4d
+    from xwam.imagine import ClipTruth, imagine, write_outputs
+
+    policy = _policy(args)
+    m = policy.config.model
+    fps_video = None
+    if args.episode:
+        from xwam.data import open_dataset
+
+        root, index, start = parse_episode_ref(args.episode)
+        dataset = open_dataset(root)
+        if not 0 <= index < dataset.num_episodes:
+            raise ValueError(f"episode {index} out of range: {root} has {dataset.num_episodes} episodes")
+        episode = dataset.episode(index)
+        _check_resolution(policy, episode)
+        imag, truth = _imagine_from_episode(policy, episode, start or 0, args, args.seed)
+        fps_video = episode.fps / m.frame_skip
+    else:
+        from xwam.sim.envs import make_env
+
+        with make_env(args.task, cameras=policy.camera_names, height=m.image_height, width=m.image_width) as env:
+            obs = env.reset(args.seed)
+            imag = imagine(policy, obs.rgb, obs.state, env.instruction, obs.intrinsics, obs.extrinsics,
+                           seed=args.seed, max_depth=args.max_depth, voxel=args.voxel or None)
+            fps_video = env.control_freq / m.frame_skip
+        truth = None
+    metrics = None
+    if truth is not None and truth.depth is not None:
+        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
+    paths = write_outputs(args.out, imag, truth if isinstance(truth, ClipTruth) else None, fps=max(1.0, fps_video),
+                          near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics)
+    if args.rerun:
+        from xwam.viz import export_rerun
+
+        rrd = export_rerun(Path(args.out) / "imagination.rrd", imag.clouds)
+        print("rerun:", rrd or "rerun-sdk is not installed; skipped")
+    print(f"imagined {len(imag.clouds)} frames x {len(imag.camera_names)} views in {imag.timing_ms['total_ms']:.0f} ms")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    if metrics:
+        from xwam.imagine import metrics_rows
+
+        for row in metrics_rows(metrics):
+            print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def _select(spec: str, n: int) -> list[int]:
+    if ":" in spec:
+        parts = [int(p) if p else None for p in spec.split(":")]
+        return list(range(n))[slice(*parts)]
+    out = [int(x) for x in spec.split(",") if x.strip()]
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"episode indices {bad} out of range (the dataset has {n} episodes)")
+    return out
+
+
+def run_eval_4d(args: argparse.Namespace) -> int:
+    import json
+    import math
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from xwam.data import open_dataset
+    from xwam.geometry.metrics import evaluate_4d
+    from xwam.imagine import write_outputs
+
+    policy = _policy(args)
+    m = policy.config.model
+    dataset = open_dataset(args.data)
+    episodes = _select(args.episodes, dataset.num_episodes)
+    if not episodes:
+        raise ValueError("no episodes selected")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips, saved = [], 0
+    span = (m.num_frames - 1) * m.frame_skip
+    jobs = []
+    for e in episodes:
+        length = dataset.episode_length(e)
+        if length <= span:
+            continue
+        starts = np.linspace(0, length - 1 - span, num=max(1, args.starts)).round().astype(int)
+        jobs += [(e, int(s)) for s in sorted(set(starts.tolist()))]
+    if not jobs:
+        raise ValueError(f"no selected episode is longer than one clip ({span + 1} frames)")
+    cache = {}
+    for i, (e, start) in enumerate(tqdm(jobs, desc="eval-4d", unit="clip")):
+        if e not in cache:
+            cache.clear()
+            cache[e] = dataset.episode(e)
+            _check_resolution(policy, cache[e])
+        episode = cache[e]
+        imag, truth = _imagine_from_episode(policy, episode, start, args, args.seed + i)
+        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
+        clips.append({"episode": e, "start": start, "metrics": metrics})
+        if saved < args.save_clips:
+            write_outputs(out / f"episode{e}_start{start}", imag, truth, fps=max(1.0, episode.fps / m.frame_skip),
+                          near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics,
+                          title=f"xwam eval-4d: episode {e}, start {start}")
+            saved += 1
+    summary = aggregate(clips)
+    payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), "clips": clips, "summary": summary}
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    tmp.replace(out / "metrics.json")
+    (out / "metrics.md").write_text(markdown(summary, len(clips)))
+    print(markdown(summary, len(clips)))
+    print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+    return 0
+
+
+METRICS = ("psnr", "ssim", "lpips", "abs_rel", "delta1", "chamfer")
+
+
+def aggregate(clips: list[dict]) -> dict:
+    """Per-frame curves averaged over clips, and means over the predicted frames (1..F-1).
+
+    Frame 0 is the observed frame (its RGB is given, so PSNR there is infinite); its depth is still a
+    prediction and is shown in the per-frame table.
+    """
+    import numpy as np
+
+    out = {}
+    for group in ("static", "all"):
+        blocks = [c["metrics"][group] for c in clips if c["metrics"].get(group)]
+        if not blocks:
+            continue
+        mean, per_frame = {}, {}
+        for name in METRICS:
+            curves = [b["per_frame"].get(name) for b in blocks if b["per_frame"].get(name) is not None]
+            if not curves:
+                mean[name], per_frame[name] = None, None
+                continue
+            arr = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+            arr[~np.isfinite(arr)] = np.nan
+            with np.errstate(all="ignore"):
+                frame_means = np.nanmean(arr, axis=0) if not np.isnan(arr).all() else np.full(arr.shape[1], np.nan)
+                future = arr[:, 1:]
+                mean[name] = float(np.nanmean(future)) if future.size and not np.isnan(future).all() else None
+            per_frame[name] = [None if np.isnan(x) else float(x) for x in frame_means]
+        out[group] = {"mean": mean, "per_frame": per_frame}
+    return out
+
+
+def markdown(summary: dict, n: int) -> str:
+    lines = [f"4D quality over {n} clips: means over the predicted frames 1.. (PSNR in dB, Chamfer in metres)", "",
+             "| views | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for group, block in summary.items():
+        cells = ["n/a" if block["mean"].get(k) is None else f"{block['mean'][k]:.4g}" for k in METRICS]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    lines += ["", "Per frame (all views; frame 0 is the observed frame, its depth is predicted):", "",
+              "| frame | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    curves = summary.get("all", {}).get("per_frame", {})
+    frames = max((len(v) for v in curves.values() if v), default=0)
+    for t in range(frames):
+        cells = []
+        for k in METRICS:
+            v = (curves.get(k) or [None] * frames)[t]
+            cells.append("n/a" if v is None else f"{v:.4g}")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

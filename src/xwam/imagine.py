@@ -1,0 +1,242 @@
+"""4D imagination: sample the future multi-view RGB-D video, lift it to world-frame point clouds.
+
+From one observation (current frame of every camera, state, instruction, camera calibration) the
+sampler runs in 4D mode (all video steps, depth branch at the last call); RGB and depth latents are
+decoded, depth is mapped back to metres, and every predicted frame is fused into one world-frame
+point cloud. Static cameras keep their calibration; a wrist camera follows the predicted
+end-effector pose: T_world_cam(t) = T_world_ee(predicted state t) @ T_ee_cam, with the hand-eye
+transform T_ee_cam read off the current observation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xwam.data.episode import Episode
+from xwam.geometry.pointcloud import fuse_views
+from xwam.geometry.transforms import ee_pose_from_state, wrist_camera_poses
+from xwam.policy import XWAMPolicy
+
+WRIST_HINTS = ("eye_in_hand", "wrist", "hand")
+
+
+def is_wrist_camera(name: str) -> bool:
+    return any(h in name for h in WRIST_HINTS)
+
+
+@dataclass
+class Imagination:
+    """A predicted clip: per camera (F, ...) arrays at the model's video frames."""
+
+    camera_names: list[str]
+    rgb: dict[str, np.ndarray]  # (F, H, W, 3) uint8
+    depth: dict[str, np.ndarray]  # (F, H, W) metres
+    intrinsics: dict[str, np.ndarray]  # (F, 3, 3)
+    extrinsics: dict[str, np.ndarray]  # (F, 4, 4) camera-to-world
+    states: np.ndarray  # (F, S) predicted states (robot units); state 0 = observed
+    actions: np.ndarray  # (K, A) predicted actions (robot units)
+    instruction: str
+    clouds: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rgb": self.rgb, "depth": self.depth, "intrinsics": self.intrinsics, "extrinsics": self.extrinsics}
+
+
+@dataclass
+class ClipTruth:
+    """Ground truth at the predicted frames (from a recorded episode)."""
+
+    rgb: dict[str, np.ndarray]
+    depth: dict[str, np.ndarray] | None
+    intrinsics: dict[str, np.ndarray] | None
+    extrinsics: dict[str, np.ndarray] | None
+    states: np.ndarray
+    actions: np.ndarray
+    frame_indices: np.ndarray
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rgb": self.rgb}
+        for key in ("depth", "intrinsics", "extrinsics"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+def clip_from_episode(episode: Episode, start: int, num_frames: int, frame_skip: int, horizon: int,
+                      cameras: list[str]) -> ClipTruth:
+    """Ground-truth frames start, start+s, ... and actions start..start+K-1 of an episode."""
+    last = start + (num_frames - 1) * frame_skip
+    if start < 0 or last >= episode.length:
+        raise ValueError(f"start {start} needs frames up to {last}, but the episode has {episode.length} frames "
+                         f"(valid starts: 0..{episode.length - 1 - (num_frames - 1) * frame_skip})")
+    missing = [c for c in cameras if c not in episode.rgb]
+    if missing:
+        raise ValueError(f"the episode has no camera(s) {missing}; it has {episode.camera_names}")
+    idx = np.arange(start, last + 1, frame_skip)
+    pick = lambda table: None if table is None else {c: np.asarray(table[c])[idx] for c in cameras}  # noqa: E731
+    actions = np.asarray(episode.action[start:start + horizon], np.float32)
+    return ClipTruth(rgb=pick(episode.rgb), depth=pick(episode.depth), intrinsics=pick(episode.intrinsics),
+                     extrinsics=pick(episode.extrinsics), states=np.asarray(episode.state[idx], np.float32),
+                     actions=actions, frame_indices=idx)
+
+
+def imagine(
+    policy: XWAMPolicy,
+    images: dict[str, np.ndarray],
+    state: np.ndarray,
+    instruction: str,
+    intrinsics: dict[str, np.ndarray],
+    extrinsics: dict[str, np.ndarray],
+    *,
+    seed: int = 0,
+    max_depth: float | None = None,
+    voxel: float | None = 0.005,
+) -> Imagination:
+    """Sample one 4D future from the current observation (images (H, W, 3) uint8 per camera,
+    state in robot units, intrinsics (3, 3) and camera-to-world extrinsics (4, 4) per camera)."""
+    import time
+
+    cfg = policy.config
+    processor = policy.processor
+    cams = policy.camera_names
+    obs = {f"observation/images/{c}": images[c] for c in cams}
+    obs.update({"observation/state": np.asarray(state, np.float32), "prompt": instruction})
+    policy.validate(obs)
+    missing = [c for c in cams if c not in intrinsics or c not in extrinsics]
+    if missing:
+        raise ValueError(f"camera calibration missing for {missing}")
+    stats = processor.norm_stats
+    t0 = time.perf_counter()
+    video0 = processor.encode_current_frame(torch.as_tensor(np.stack([images[c] for c in cams]))[None])
+    from xwam.diffusion.sampler import Conditioning
+
+    conditioning = Conditioning(
+        video0=video0,
+        state0=stats.normalize_state(torch.as_tensor(np.asarray(state, np.float32), device=processor.device)[None]).float(),
+        text=processor.encode_text([instruction]),
+        text_uncond=processor.empty_text() if cfg.sampler.cfg_scale != 1.0 else None,
+    )
+    gen = torch.Generator(device=processor.device).manual_seed(seed)
+    result = policy.sampler.sample(conditioning, mode="4d", depth=True, generator=gen)
+    t1 = time.perf_counter()
+    rgb = processor.decode_video(result.video)[0].cpu().numpy()  # (V, F, H, W, 3)
+    if result.depth is None:
+        raise RuntimeError("this checkpoint has no depth branch (model.depth_layers = 0): no 4D output")
+    depth = processor.decode_depth(result.depth)[0].cpu().numpy()  # (V, F, H, W)
+    states = processor.unnormalize_states(result.states)[0].cpu().numpy()
+    states[0] = np.asarray(state, np.float32)
+    actions = processor.unnormalize_actions(result.actions)[0].cpu().numpy()
+    frames = rgb.shape[1]
+    # decoded depth frames at the latent rate: a pixel codec gives one per video frame
+    K, E = {}, {}
+    for cam in cams:
+        K[cam] = np.repeat(np.asarray(intrinsics[cam], np.float64)[None], frames, 0)
+        if is_wrist_camera(cam):
+            T_ee_cam = np.linalg.inv(ee_pose_from_state(np.asarray(state, np.float64))) @ np.asarray(extrinsics[cam])
+            E[cam] = wrist_camera_poses(states.astype(np.float64), T_ee_cam)
+        else:
+            E[cam] = np.repeat(np.asarray(extrinsics[cam], np.float64)[None], frames, 0)
+    imag = Imagination(
+        camera_names=list(cams),
+        rgb={c: rgb[v] for v, c in enumerate(cams)},
+        depth={c: depth[v] for v, c in enumerate(cams)},
+        intrinsics=K, extrinsics=E, states=states, actions=actions, instruction=instruction,
+        timing_ms={"sample_ms": (t1 - t0) * 1000},
+    )
+    imag.clouds = fused_clouds(imag.depth, imag.intrinsics, imag.extrinsics, imag.rgb, cams, max_depth, voxel)
+    imag.timing_ms["total_ms"] = (time.perf_counter() - t0) * 1000
+    return imag
+
+
+def fused_clouds(depth, intrinsics, extrinsics, rgb, cams, max_depth=None, voxel=0.005):
+    """One world-frame point cloud per timestep from per-camera (F, ...) arrays."""
+    from xwam.geometry.pointcloud import voxel_downsample
+
+    frames = next(iter(depth.values())).shape[0]
+    clouds = []
+    for t in range(frames):
+        points, colours = fuse_views([depth[c][t] for c in cams], [intrinsics[c][t] for c in cams],
+                                     [extrinsics[c][t] for c in cams], [rgb[c][t] for c in cams],
+                                     max_depth=max_depth)
+        if voxel:
+            points, colours = voxel_downsample(points, colours, voxel)
+        clouds.append((points, colours))
+    return clouds
+
+
+def write_outputs(out: str | Path, imag: Imagination, truth: ClipTruth | None, *, fps: float, near: float,
+                  far: float, title: str = "xwam imagine", metrics: dict[str, Any] | None = None) -> dict[str, Path]:
+    """MP4 grid, one PLY per timestep, an offline HTML report and a JSON summary."""
+    from xwam.geometry.ply import write_ply
+    from xwam.viz import HtmlReport, colorize_depth, write_video_grid
+
+    out = Path(out)
+    (out / "clouds").mkdir(parents=True, exist_ok=True)
+    columns = ["pred RGB", "pred depth"] + (["true RGB", "true depth"] if truth else [])
+    rows = []
+    # short labels: at 64-128 px per cell only a few characters fit
+    cell_labels = [[f"{_short(cam)} {col}" for col in columns] for cam in imag.camera_names]
+    labels = columns
+    for cam in imag.camera_names:
+        row = [imag.rgb[cam], colorize_depth(imag.depth[cam], near, far)]
+        if truth is not None:
+            row.append(truth.rgb[cam])
+            row.append(colorize_depth(truth.depth[cam], near, far) if truth.depth is not None else None)
+        rows.append(row)
+    video_path = out / "imagination.mp4"
+    write_video_grid(video_path, rows, fps=fps, labels=cell_labels)
+    ply_paths = []
+    for t, (points, colours) in enumerate(imag.clouds):
+        path = out / "clouds" / f"t{t:02d}.ply"
+        write_ply(path, points, colours)
+        ply_paths.append(path)
+    summary = {
+        "instruction": imag.instruction, "cameras": imag.camera_names, "frames": len(imag.clouds),
+        "points_per_frame": [int(len(p)) for p, _ in imag.clouds], "timing_ms": imag.timing_ms,
+        "predicted_actions": imag.actions.tolist(), "predicted_states": imag.states.tolist(),
+    }
+    if truth is not None:
+        summary["true_actions"] = truth.actions.tolist()
+        summary["frame_indices"] = truth.frame_indices.tolist()
+    if metrics is not None:
+        summary["metrics"] = metrics
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = HtmlReport(title)
+    report.add_heading(title)
+    report.add_text(f"Instruction: {imag.instruction!r}. Rows: {', '.join(imag.camera_names)}. "
+                    f"Columns: {', '.join(labels)}. Depth colours span {near:g}-{far:g} m.")
+    report.add_video(video_path)
+    if metrics is not None:
+        report.add_heading("4D quality against the recorded future", level=2)
+        report.add_table(metrics_rows(metrics))
+    report.add_heading("Fused world-frame point cloud per predicted frame", level=2)
+    report.add_point_cloud(imag.clouds)
+    report.write(out / "report.html")
+    return {"video": video_path, "report": out / "report.html", "summary": out / "summary.json",
+            "clouds": out / "clouds"}
+
+
+def _short(camera: str) -> str:
+    for prefix in ("robot0_", "observation.images."):
+        camera = camera.removeprefix(prefix)
+    return camera.replace("agentview_", "").replace("eye_in_hand", "wrist")
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for group in ("static", "all"):
+        block = metrics.get(group)
+        if not block:
+            continue
+        row = {"views": group}
+        for name, value in block["mean"].items():
+            row[name] = None if value is None else round(float(value), 4)
+        rows.append(row)
+    return rows
