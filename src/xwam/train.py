@@ -341,6 +341,15 @@ def check_data_matches_model(
                 f"{root} has {len(src.camera_names)} cameras {list(src.camera_names)} but the model expects "
                 f"model.num_views={m.num_views}; pass --set model.num_views={len(src.camera_names)}"
             )
+        if m.camera_names and list(src.camera_names) != list(m.camera_names):
+            raise ValueError(
+                f"{root} has cameras {list(src.camera_names)} but the model config names {m.camera_names} "
+                f"(the view order the checkpoint will expect); pass "
+                f"--set 'model.camera_names={json.dumps(list(src.camera_names))}'"
+            )
+    if not m.camera_names:
+        # the checkpoint records the view order, so a policy knows which image is which view
+        m.camera_names = list(sources[0].camera_names)
     if stats.state_dim != m.state_dim or stats.action_dim != m.action_dim:
         raise ValueError(
             f"the data has state dim {stats.state_dim} and action dim {stats.action_dim} but the model has "

@@ -228,6 +228,8 @@ def aggregate(clips: list[dict]) -> dict:
     Frame 0 is the observed frame (its RGB is given, so PSNR there is infinite); its depth is still a
     prediction and is shown in the per-frame table.
     """
+    import warnings
+
     import numpy as np
 
     out = {}
@@ -243,7 +245,8 @@ def aggregate(clips: list[dict]) -> dict:
                 continue
             arr = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
             arr[~np.isfinite(arr)] = np.nan
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # all-NaN columns (e.g. no valid depth) are expected
+                warnings.simplefilter("ignore", RuntimeWarning)
                 frame_means = np.nanmean(arr, axis=0) if not np.isnan(arr).all() else np.full(arr.shape[1], np.nan)
                 future = arr[:, 1:]
                 mean[name] = float(np.nanmean(future)) if future.size and not np.isnan(future).all() else None
