@@ -36,7 +36,7 @@ class DemoConfig:
     batch_size: int = 8
     lr: float | None = None
     replan_every: int | None = None
-    eval_max_steps: int | None = None
+    eval_max_steps: int | None = 120  # the expert needs ~40 steps; failures stop here, not at the horizon
     videos: int = 3
     threads: int | None = None
     quick: bool = False
@@ -174,7 +174,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     # 5. report -------------------------------------------------------------------------------
     s = stage["report"]
     s.announce("writing the HTML report")
-    path = write_report(root, cfg, checkpoint, timings, total_s=time.time() - started)
+    path = write_report(root, cfg, checkpoint, timings, total_s=sum(timings.values()))
     s.finish({"report": str(path)})
     print(f"\nreport: {path}")
     return path
@@ -189,7 +189,7 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
     from xwam.viz import HtmlReport
 
     report = HtmlReport(f"xwam demo: {cfg.task}")
-    report.add_heading(f"xwam demo: {cfg.task}", level=1)
+    report.add_heading(f"xwam demo: {cfg.task}", level=2)
     report.add_text(
         f"Learned from scratch on this machine: {cfg.episodes} scripted demonstrations, preset {cfg.preset}, "
         f"{cfg.minutes:g} min of training with Asynchronous Noise Sampling, then {cfg.eval_episodes} closed-loop "
@@ -203,15 +203,17 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
              for t in results["tasks"]])
         for video in sorted((root / "eval").glob("*/videos/*.mp4"))[: cfg.videos]:
             report.add_text(video.stem.replace("_", " "))
-            report.add_video(video)
+            report.add_video(video, width=640)
     metrics = _read_metrics(root / "run" / "metrics.jsonl")
     if metrics:
         report.add_heading("Training losses", level=2)
         curves = {}
         for key in ("loss", "loss_video", "loss_action", "loss_state", "loss_depth"):
-            pts = [(r["step"], r[key]) for r in metrics if r.get(key) is not None and r.get("split") != "val"]
+            # batches whose actions were all given clean have no action/state loss: skip those zeros
+            pts = [(r["step"], r[key]) for r in metrics if r.get(key) and r.get("split") != "val"]
             if pts:
-                curves[key] = ([p[0] for p in pts], [p[1] for p in pts])
+                steps, values = zip(*pts)
+                curves[key] = (list(steps), running_mean(list(values), window=max(1, len(values) // 50)))
         if curves:
             report.add_line_plot(curves, log_y=True)
         last = [r for r in metrics if "samples_per_s" in r]
@@ -227,7 +229,7 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
         for clip in sorted((root / "eval4d").glob("episode*"))[:2]:
             report.add_heading(f"Imagined future: {clip.name}", level=3)
             if (clip / "imagination.mp4").exists():
-                report.add_video(clip / "imagination.mp4")
+                report.add_video(clip / "imagination.mp4", width=720)
             clouds = sorted((clip / "clouds").glob("t*.ply"))
             if clouds:
                 from xwam.geometry.ply import read_ply
@@ -240,6 +242,16 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
         report.add_table(rows)
     report.add_text(f"Checkpoint: {checkpoint}")
     return report.write(root / "report.html")
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

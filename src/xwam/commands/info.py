@@ -6,7 +6,16 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list the named presets (tiny, small, wan22-ti2v-5b) and their shapes")
+    p = sub.add_parser(
+        "presets",
+        help="list the named presets (tiny, small, wan22-ti2v-5b) and their shapes",
+        description=(
+            "Lists the named model presets: tiny (unit tests, seconds on a CPU), small (the CPU demo model, "
+            "trained from scratch) and wan22-ti2v-5b (the paper's model on the Wan2.2-TI2V-5B backbone), with "
+            "views, image size, frames, codec, DiT size, depth-branch layers and token counts. Any field can "
+            "be overridden in other verbs with --set section.field=value."
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the full resolved configs as JSON")
     p.set_defaults(func=run)
 

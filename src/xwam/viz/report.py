@@ -351,6 +351,7 @@ class HtmlReport:
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(self.to_html())
+            os.chmod(temp_name, 0o644)  # mkstemp makes it private; a report is meant to be shared
             os.replace(temp_name, path)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)

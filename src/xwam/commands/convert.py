@@ -1,0 +1,62 @@
+"""`xwam convert`: turn Wan2.2 or X-WAM release weights into an xwam checkpoint (safetensors + config)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert Wan2.2 / X-WAM release weights into an xwam checkpoint folder",
+        description=(
+            "Reads foreign weights safely (safetensors, or torch files with weights_only=True) and writes an "
+            "xwam checkpoint (model.safetensors + config.json [+ norm_stats.json]) atomically. Sources: "
+            "release:PATH (checkpoint/mp_rank_00_model_states.pt of the X-WAM release; frozen text-encoder and "
+            "VAE weights are dropped), wan:PATH (Wan2.2 in diffusers layout or original layout; the depth "
+            "branch is initialised as copies of the last blocks and the new modules randomly), xwam:PATH."
+        ),
+    )
+    p.add_argument("source", help="release:PATH | wan:PATH | xwam:PATH")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--preset", default="wan22-ti2v-5b", help="model preset the weights belong to")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override")
+    p.add_argument("--norm-stats", default=None,
+                   help="normalisation statistics to store with it (a dataset folder or a JSON file)")
+    p.add_argument("--seed", type=int, default=0, help="seed for newly initialised modules (wan:)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from xwam.config import get_preset
+    from xwam.model.checkpoint import load_checkpoint, save_checkpoint
+    from xwam.model.loading import build_from_wan, load_release_checkpoint
+
+    kind, sep, path = args.source.partition(":")
+    if not sep or kind not in ("release", "wan", "xwam"):
+        raise ValueError(f"source must be release:PATH, wan:PATH or xwam:PATH, got {args.source!r}")
+    config = get_preset(args.preset).override(args.set)
+    stats = None
+    torch.manual_seed(args.seed)
+    if kind == "release":
+        model = load_release_checkpoint(path, config.model)
+    elif kind == "wan":
+        model = build_from_wan(path, config.model)
+    else:
+        model, config, stats = load_checkpoint(path)
+    if args.norm_stats:
+        from xwam.data.stats import NormStats, load_dataset_norm_stats
+
+        src = Path(args.norm_stats)
+        stats = (load_dataset_norm_stats(src) if src.is_dir() else NormStats.from_json(src)).to_dict()
+    out = save_checkpoint(args.out, model, config, norm_stats=stats,
+                          metadata={"converted_from": args.source})
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({n / 1e6:.1f} M parameters, preset {config.preset})")
+    if stats is None:
+        print("note: no normalisation statistics stored; pass --norm-stats before serving this checkpoint")
+    return 0
