@@ -10,6 +10,7 @@ $(VENV)/.xwam-installed: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.xwam-installed
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 	MUJOCO_GL=$${MUJOCO_GL:-egl} PYOPENGL_PLATFORM=$${PYOPENGL_PLATFORM:-egl} $(PY) -m pytest -q -m "not benchmark"
 
 test-fast: setup

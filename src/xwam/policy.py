@@ -44,7 +44,7 @@ class PolicyTiming:
         dit = self.dit_ms or []
         return {"encode_ms": self.encode_ms, "text_ms": self.text_ms, "dit_ms": sum(dit),
                 "dit_calls": len(dit), "dit_ms_per_call": (sum(dit) / len(dit)) if dit else 0.0,
-                "infer_ms": self.total_ms}
+                "dit_call_ms": [round(x, 3) for x in dit], "infer_ms": self.total_ms}
 
 
 class ActionChunker:

@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xwam.config import get_preset
 from xwam.model import checkpoint as ckpt
 from xwam.model.checkpoint import load_checkpoint, save_checkpoint
 from xwam.model.loading import build_from_wan, load_release_checkpoint, load_wan_backbone

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from xwam.config import ModelConfig, get_preset, replace
+from xwam.config import ModelConfig, replace
 from xwam.model.transformer import TIME_SCALE, XWAMTransformer, wan_backbone_kwargs
 
 

@@ -20,11 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", default="Lift", help="simulator task (Lift, Stack, PickPlaceCan)")
     p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget (default 12; quick: 0.75)")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget (default 14; quick: 0.75)")
     p.add_argument("--episodes", type=int, default=None, help="training demonstrations (default 60)")
     p.add_argument("--eval-episodes", type=int, default=None, help="closed-loop episodes (default 50)")
     p.add_argument("--preset", default="small", help="model preset")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override")
+    p.add_argument("--steps", type=int, default=None, help="training steps the LR schedule spans (default 1250)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from xwam.demo import DemoConfig, run_demo
 
-    changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, episodes=args.episodes,
+    changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, steps=args.steps, episodes=args.episodes,
                                      eval_episodes=args.eval_episodes, preset=args.preset,
                                      batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                                      seed=args.seed).items() if v is not None}

@@ -50,8 +50,8 @@ class Episode:
             if self.rgb[cam].shape[0] != T or self.rgb[cam].dtype != np.uint8 or self.rgb[cam].ndim != 4:
                 raise ValueError(f"camera {cam!r}: rgb must be ({T}, H, W, 3) uint8, got "
                                  f"{self.rgb[cam].shape} {self.rgb[cam].dtype}")
-            for name, table, tail in (("depth", self.depth, 2), ("intrinsics", self.intrinsics, 2),
-                                      ("extrinsics", self.extrinsics, 2)):
+            for name, table in (("depth", self.depth), ("intrinsics", self.intrinsics),
+                                ("extrinsics", self.extrinsics)):
                 if table is None:
                     continue
                 if cam not in table:
