@@ -33,11 +33,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
+# pip, minus the harmless notes about this machine's optional local package indexes; fails when pip fails
+quiet_pip() {
+  set +e
+  $PIP "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
+  local status=${PIPESTATUS[0]}
+  set -e
+  [ "$status" = 0 ] || { echo "[setup] pip $* failed (exit $status)" >&2; exit "$status"; }
+}
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0 (CPU)"
-  $PIP install -q torch==2.13.0
+  quiet_pip install -q torch==2.13.0
 fi
 echo "[setup] installing xwam with extras"
-$PIP install -q -e ".[all]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+quiet_pip install -q -e ".[all]"
 "$VENV/bin/python" -c "import torch, diffusers, xwam; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('[setup] ok: torch', torch.__version__, 'diffusers', diffusers.__version__)"
 touch "$VENV/.xwam-installed"
