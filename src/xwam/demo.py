@@ -147,7 +147,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         s.announce("already done, skipped")
     else:
         s.announce(f"{cfg.eval_episodes} closed-loop episodes on held-out seeds {cfg.eval_seed}..",
-                   estimate_s=4.0 * cfg.eval_episodes)
+                   estimate_s=8.0 * cfg.eval_episodes)
         args = ["eval", "--checkpoint", str(checkpoint), "--task", cfg.task, "--episodes", str(cfg.eval_episodes),
                 "--seed", str(cfg.eval_seed), "--videos", str(cfg.videos), "--out", str(root / "eval")]
         if cfg.replan_every:
