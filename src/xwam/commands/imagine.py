@@ -105,7 +105,7 @@ def run_imagine(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xwam.geometry.metrics import evaluate_4d
-    from xwam.imagine import ClipTruth, imagine, write_outputs
+    from xwam.imagine import imagine, write_outputs
 
     policy = _policy(args)
     m = policy.config.model
@@ -133,7 +133,7 @@ def run_imagine(args: argparse.Namespace) -> int:
     metrics = None
     if truth is not None and truth.depth is not None:
         metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
-    paths = write_outputs(args.out, imag, truth if isinstance(truth, ClipTruth) else None, fps=max(1.0, fps_video),
+    paths = write_outputs(args.out, imag, truth, fps=max(1.0, fps_video),
                           near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics)
     if args.rerun:
         from xwam.viz import export_rerun
