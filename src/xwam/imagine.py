@@ -103,7 +103,6 @@ def imagine(
     state in robot units, intrinsics (3, 3) and camera-to-world extrinsics (4, 4) per camera)."""
     import time
 
-    cfg = policy.config
     processor = policy.processor
     cams = policy.camera_names
     obs = {f"observation/images/{c}": images[c] for c in cams}
@@ -112,17 +111,9 @@ def imagine(
     missing = [c for c in cams if c not in intrinsics or c not in extrinsics]
     if missing:
         raise ValueError(f"camera calibration missing for {missing}")
-    stats = processor.norm_stats
     t0 = time.perf_counter()
-    video0 = processor.encode_current_frame(torch.as_tensor(np.stack([images[c] for c in cams]))[None])
-    from xwam.diffusion.sampler import Conditioning
-
-    conditioning = Conditioning(
-        video0=video0,
-        state0=stats.normalize_state(torch.as_tensor(np.asarray(state, np.float32), device=processor.device)[None]).float(),
-        text=processor.encode_text([instruction]),
-        text_uncond=processor.empty_text() if cfg.sampler.cfg_scale != 1.0 else None,
-    )
+    images_batch = torch.as_tensor(np.stack([images[c] for c in cams]))[None]  # (1, V, H, W, 3)
+    conditioning = processor.conditioning(images_batch, np.asarray(state, np.float32)[None], [instruction])
     gen = torch.Generator(device=processor.device).manual_seed(seed)
     result = policy.sampler.sample(conditioning, mode="4d", depth=True, generator=gen)
     t1 = time.perf_counter()
