@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xwam.geometry.pointcloud import chamfer_distance, fuse_views, voxel_downsample
+from xwam.geometry.pointcloud import chamfer_distance, fuse_views, per_frame_camera, voxel_downsample
 
 logger = logging.getLogger(__name__)
 
@@ -189,20 +189,6 @@ def _field(source: Mapping[str, Any] | Any, name: str) -> Mapping[str, np.ndarra
     return value
 
 
-def _per_frame_camera(
-    table: Mapping[str, np.ndarray], cam: str, frames: int, shape: tuple[int, int], what: str
-) -> np.ndarray:
-    """(T, r, c) or a single (r, c) matrix (broadcast over the frames) for one camera."""
-    array = np.asarray(table[cam], dtype=np.float64)
-    if array.shape == shape:
-        return np.broadcast_to(array, (frames, *shape))
-    if array.shape != (frames, *shape):
-        raise ValueError(
-            f"{what} of camera {cam!r} must be {shape} or ({frames}, {shape[0]}, {shape[1]}), got {array.shape}"
-        )
-    return array
-
-
 def _is_static(extrinsics: np.ndarray, tolerance: float = 1e-6) -> bool:
     return bool(np.all(np.abs(extrinsics - extrinsics[:1]) <= tolerance))
 
@@ -296,10 +282,10 @@ def evaluate_4d(
     if all(t is not None and all(c in t for c in views) for t in (gt_K, gt_T, pred_K, pred_T)):
         for cam in views:
             cameras[cam] = (
-                _per_frame_camera(pred_K, cam, frames, (3, 3), "predicted intrinsics"),
-                _per_frame_camera(pred_T, cam, frames, (4, 4), "predicted extrinsics"),
-                _per_frame_camera(gt_K, cam, frames, (3, 3), "ground-truth intrinsics"),
-                _per_frame_camera(gt_T, cam, frames, (4, 4), "ground-truth extrinsics"),
+                per_frame_camera(pred_K, cam, frames, (3, 3), "predicted intrinsics"),
+                per_frame_camera(pred_T, cam, frames, (4, 4), "predicted extrinsics"),
+                per_frame_camera(gt_K, cam, frames, (3, 3), "ground-truth intrinsics"),
+                per_frame_camera(gt_T, cam, frames, (4, 4), "ground-truth extrinsics"),
             )
     elif has_depth:
         notes.append("Chamfer skipped: intrinsics/extrinsics missing for some view")

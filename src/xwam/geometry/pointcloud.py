@@ -19,6 +19,20 @@ from xwam.geometry.camera import unproject_depth
 _T = TypeVar("_T")
 
 
+def per_frame_camera(
+    table: Mapping[str, np.ndarray], cam: str, frames: int, shape: tuple[int, int], what: str
+) -> np.ndarray:
+    """(T, r, c) or a single (r, c) matrix (broadcast over the frames) for one camera."""
+    array = np.asarray(table[cam], dtype=np.float64)
+    if array.shape == shape:
+        return np.broadcast_to(array, (frames, *shape))
+    if array.shape != (frames, *shape):
+        raise ValueError(
+            f"{what} of camera {cam!r} must be {shape} or ({frames}, {shape[0]}, {shape[1]}), got {array.shape}"
+        )
+    return array
+
+
 def _as_view_list(name: str, values: Sequence[_T] | Mapping[str, _T], keys: list[str] | None) -> list[_T]:
     """Views may come as a list (in view order) or a dict keyed by camera name (ordered like ``keys``)."""
     if isinstance(values, Mapping):
@@ -363,18 +377,8 @@ def fuse_clip(
             raise ValueError(f"{name} lacks camera(s) {[c for c in views if c not in table]}")
     frames = int(np.shape(depth[views[0]])[0])
 
-    def per_frame(table: Mapping[str, np.ndarray], cam: str, shape: tuple[int, int], name: str) -> np.ndarray:
-        array = np.asarray(table[cam], dtype=np.float64)
-        if array.shape == shape:
-            return np.broadcast_to(array, (frames, *shape))
-        if array.shape != (frames, *shape):
-            raise ValueError(
-                f"{name} of camera {cam!r} must be {shape} or ({frames}, {shape[0]}, {shape[1]}), got {array.shape}"
-            )
-        return array
-
-    Ks = {cam: per_frame(intrinsics, cam, (3, 3), "intrinsics") for cam in views}
-    Ts = {cam: per_frame(extrinsics, cam, (4, 4), "extrinsics") for cam in views}
+    Ks = {cam: per_frame_camera(intrinsics, cam, frames, (3, 3), "intrinsics") for cam in views}
+    Ts = {cam: per_frame_camera(extrinsics, cam, frames, (4, 4), "extrinsics") for cam in views}
     for cam in views:
         if np.shape(depth[cam])[0] != frames:
             raise ValueError(
