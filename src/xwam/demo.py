@@ -35,6 +35,7 @@ class DemoConfig:
     steps: int = 1250  # the cosine schedule spans these; about what 14 min give on two cores
     batch_size: int = 8
     lr: float | None = None
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights and act / imagine with it
     replan_every: int | None = None
     eval_max_steps: int | None = 120  # the expert needs ~40 steps; failures stop here, not at the horizon
     videos: int = 3
@@ -135,10 +136,12 @@ def run_demo(cfg: DemoConfig) -> Path:
         ckpt = train(data=[str(root / "data")], out=str(run_dir), preset=cfg.preset, overrides=list(cfg.overrides),
                      steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, max_minutes=cfg.minutes,
                      cache_latents=True, seed=cfg.seed, save_every=200, threads=cfg.threads, resume=resume,
-                     val_images=False)
+                     val_images=False, ema_decay=cfg.ema_decay)
         s.finish({"seconds": time.time() - t0, "checkpoint": str(ckpt)})
     timings["train"] = s.summary().get("seconds", 0.0)
     checkpoint = Path(s.summary()["checkpoint"])
+    if cfg.ema_decay > 0 and (checkpoint / "ema").is_dir():
+        checkpoint = checkpoint / "ema"  # the averaged weights act and imagine
 
     # 3. eval ---------------------------------------------------------------------------------
     s = stage["eval"]

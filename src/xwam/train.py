@@ -119,6 +119,9 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # torch.set_num_threads per process (None: leave torch's choice)
     cache_latents: bool = False  # keep VAE latents of un-augmented clips in memory
+    # memory (MiB, per data-loading process) for decoded episodes: every episode that fits stays
+    # decoded, so clips are sliced from memory instead of re-decoding an episode's videos per clip
+    episode_cache_mb: float = 2048.0
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget; a final checkpoint is written when it runs out
     # bookkeeping
@@ -862,6 +865,9 @@ class Trainer:
 
         tc, m = self.tc, self.cfg.model
         self.sources = [open_dataset(root) for root in tc.data]
+        budget = int(tc.episode_cache_mb * 2**20 / max(1, len(self.sources)))
+        for src in self.sources:
+            src.set_cache(max_episodes=len(src), max_bytes=budget)
         stats_path = tc.norm_stats
         if self.resume_from is not None and (self.resume_from / STATS_FILE).is_file():
             stats_path = str(self.resume_from / STATS_FILE)  # the run keeps the statistics it started with

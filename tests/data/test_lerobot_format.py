@@ -151,6 +151,27 @@ def test_lru_cache_is_bounded(written: tuple[Path, list]) -> None:
     assert len(ds._cache) == 2 and ds.episode(0) is not a
 
 
+def test_cache_byte_budget_keeps_what_fits(written: tuple[Path, list]) -> None:
+    root, _ = written
+    ds = LeRobotV3Dataset(root)
+    sizes = [ds.episode(i).nbytes for i in range(ds.num_episodes)]
+    assert len(ds._cache) == min(8, ds.num_episodes)
+    # room for every episode: all stay decoded (the trainer's setting), and are returned, not re-decoded
+    ds.set_cache(max_episodes=ds.num_episodes, max_bytes=sum(sizes))
+    kept = [ds.episode(i) for i in range(ds.num_episodes)]
+    assert all(ds.episode(i) is kept[i] for i in range(ds.num_episodes))
+    assert ds._cache.nbytes == sum(sizes)
+    # a budget for the last two only: the least recently used are dropped first
+    ds.set_cache(max_episodes=ds.num_episodes, max_bytes=sizes[-1] + sizes[-2])
+    assert len(ds._cache) == 2 and ds._cache.nbytes <= sizes[-1] + sizes[-2]
+    assert ds.episode(ds.num_episodes - 1) is kept[-1] and ds.episode(0) is not kept[0]
+    # an episode larger than the whole budget is never cached (and evicts nothing)
+    ds.set_cache(max_episodes=8, max_bytes=min(sizes) - 1)
+    assert len(ds._cache) == 0
+    ds.episode(1)
+    assert len(ds._cache) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # a dataset laid out the way LeRobot itself writes it (RGB only, pandas-style tasks, list columns)
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps the LR schedule spans (default 1250)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA of the weights used to act and imagine (0 disables it)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="a few-minute end-to-end run with a tiny budget (CI)")
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, steps=args.steps, episodes=args.episodes,
                                      eval_episodes=args.eval_episodes, preset=args.preset,
-                                     batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                                     batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, threads=args.threads,
                                      seed=args.seed).items() if v is not None}
     cfg = DemoConfig.quick_config(**changes) if args.quick else DemoConfig(**changes)
     if args.set:

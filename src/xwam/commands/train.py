@@ -96,6 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--workers", type=int, default=S, help="DataLoader worker processes (default 0)")
     a("--threads", type=int, default=S, help="torch CPU threads per process")
     _bool_flag(p, "cache-latents", "keep codec latents of (un-augmented) clips in memory")
+    a(
+        "--episode-cache-mb",
+        type=float,
+        default=S,
+        help="memory (MiB per loading process) for decoded episodes; all that fit stay decoded (default 2048)",
+    )
     a("--seed", type=int, default=S, help="seed of data order, noise and initialisation (default 0)")
     a("--max-minutes", type=float, default=S, help="wall-clock budget; stops with a final checkpoint")
     a("--save-every", type=int, default=S, help="checkpoint every N steps (default 500)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,14 @@ class Episode:
     def length(self) -> int:
         return int(self.state.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays (what an in-memory episode cache has to budget for)."""
+        total = self.state.nbytes + self.action.nbytes
+        for table in (self.rgb, self.depth, self.intrinsics, self.extrinsics):
+            total += sum(a.nbytes for a in (table or {}).values())
+        return int(total)
+
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         T = self.length
@@ -58,3 +68,49 @@ class Episode:
                     raise ValueError(f"camera {cam!r} has no {name}")
                 if table[cam].shape[0] != T:
                     raise ValueError(f"camera {cam!r}: {name} has {table[cam].shape[0]} frames, expected {T}")
+
+
+class EpisodeCache:
+    """Least-recently-used decoded episodes, bounded by a count and (optionally) by bytes.
+
+    Decoding an episode's videos costs far more than a training step on a small model, so a trainer
+    that samples clips uniformly over a dataset wants every episode that fits in memory kept
+    decoded: it raises ``max_episodes`` and sets ``max_bytes`` to its memory budget.
+    """
+
+    def __init__(self, max_episodes: int = 8, max_bytes: int | None = None) -> None:
+        self.max_episodes = max(0, int(max_episodes))
+        self.max_bytes = None if max_bytes is None else max(0, int(max_bytes))
+        self._items: OrderedDict[Hashable, Episode] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Episode | None:
+        ep = self._items.get(key)
+        if ep is not None:
+            self._items.move_to_end(key)
+        return ep
+
+    def put(self, key: Hashable, ep: Episode) -> None:
+        if self.max_episodes == 0 or (self.max_bytes is not None and ep.nbytes > self.max_bytes):
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        self._items[key] = ep
+        self.nbytes += ep.nbytes
+        while len(self._items) > self.max_episodes or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            _, dropped = self._items.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+
+    def resize(self, max_episodes: int, max_bytes: int | None = None) -> None:
+        """Change the bounds (evicting the oldest episodes if they are now exceeded)."""
+        self.max_episodes = max(0, int(max_episodes))
+        self.max_bytes = None if max_bytes is None else max(0, int(max_bytes))
+        while self._items and (
+            len(self._items) > self.max_episodes or (self.max_bytes is not None and self.nbytes > self.max_bytes)
+        ):
+            _, dropped = self._items.popitem(last=False)
+            self.nbytes -= dropped.nbytes

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xwam.data.episode import Episode
+from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names
 from xwam.data.video import (
@@ -649,7 +649,7 @@ class LeRobotV3Dataset:
         self.features: dict[str, Any] = self.info["features"]
         self.load_depth = load_depth
         self.cache_size = max(0, int(cache_size))
-        self._cache: OrderedDict[tuple[int, bool], Episode] = OrderedDict()
+        self._cache = EpisodeCache(self.cache_size)
         self._tables: OrderedDict[Path, pa.Table] = OrderedDict()
         x = self.info.get("xwam", {})
         video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
@@ -812,9 +812,9 @@ class LeRobotV3Dataset:
         """Episode ``i`` with its RGB (and depth when stored and asked for) decoded."""
         want_depth = self.has_depth and (self.load_depth if load_depth is None else load_depth)
         cache_key = (i, want_depth)
-        if cache_key in self._cache:
-            self._cache.move_to_end(cache_key)
-            return self._cache[cache_key]
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
         row = self._row(i)
         table = self.episode_table(i)
         where = f"{self._data_path(row)} (episode {i})"
@@ -861,14 +861,16 @@ class LeRobotV3Dataset:
             ep.validate()
         except ValueError as exc:
             raise DatasetError(f"{where}: {exc}") from exc
-        if self.cache_size:
-            self._cache[cache_key] = ep
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(cache_key, ep)
         return ep
 
     def __len__(self) -> int:
         return self.num_episodes
+
+    def set_cache(self, max_episodes: int, max_bytes: int | None = None) -> None:
+        """Bound the decoded-episode cache by a count and, optionally, by bytes."""
+        self.cache_size = max(0, int(max_episodes))
+        self._cache.resize(self.cache_size, max_bytes)
 
     def __repr__(self) -> str:
         return (

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from xwam.data.episode import Episode
+from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names
 from xwam.data.video import decode_frames
@@ -140,7 +140,7 @@ class ReleaseDataset:
         self.lengths = {k: int(v) for k, v in metadata.items()}
         self.load_depth = load_depth
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[int, bool], Episode] = OrderedDict()
+        self._cache = EpisodeCache(self.cache_size)
         self._json_cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
         first = self._episode_json(0)
         self.camera_names = sorted(self._videos(first, self._json_path(0)).keys())
@@ -275,9 +275,9 @@ class ReleaseDataset:
     def episode(self, i: int, *, load_depth: bool | None = None) -> Episode:
         want_depth = self.has_depth and (self.load_depth if load_depth is None else load_depth)
         key = (i, want_depth)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         data = self._episode_json(i)
         json_path = self._json_path(i)
         eid = self.episode_ids[i]
@@ -330,11 +330,13 @@ class ReleaseDataset:
             ep.validate()
         except ValueError as exc:
             raise DatasetError(f"{json_path} (episode {eid}): {exc}") from exc
-        if self.cache_size:
-            self._cache[key] = ep
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, ep)
         return ep
+
+    def set_cache(self, max_episodes: int, max_bytes: int | None = None) -> None:
+        """Bound the decoded-episode cache by a count and, optionally, by bytes."""
+        self.cache_size = max(0, int(max_episodes))
+        self._cache.resize(self.cache_size, max_bytes)
 
     def __repr__(self) -> str:
         return (

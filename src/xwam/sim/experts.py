@@ -199,7 +199,14 @@ class ScriptedExpert:
 
 
 class LiftExpert(ScriptedExpert):
-    """Grasp the cube and raise it 15 cm."""
+    """Grasp the cube and raise it 15 cm.
+
+    The gripper keeps its yaw: Lift's 4 cm cube fits the Panda's 8 cm opening at any yaw (its
+    diagonal is 5.7 cm) and the closing fingers square it up, so the demonstrations carry no
+    rotation for a policy to infer from small images (100 % over 50 seeds either way).
+    """
+
+    yaw_symmetry = None
 
     def plan(self, obs: SimObservation) -> np.ndarray:
         cube_pos, cube_rot = self.body_pose(self.rs.cube_body_id)
