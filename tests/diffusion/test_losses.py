@@ -32,6 +32,14 @@ def test_xwam_losses_drop_what_they_must():
     assert losses["state"].item() == 4.0
     assert losses["depth"].item() == 9.0  # depth counts every frame, frame 0 included
     assert losses["total"].item() == 15.0
+    weighted = xwam_losses(
+        pred_video, target_video, pred_actions, target_actions, pred_states, target_states,
+        actions_clean=torch.tensor([True, False]), action_mask=torch.tensor([1.0, 1.0, 0.0]),
+        state_mask=torch.ones(D), pred_depth=torch.full_like(target_video, 3.0), target_depth=target_video,
+        weights={"video": 0.0, "action": 10.0, "state": 0.5},
+    )
+    assert weighted["video"].item() == 1.0 and weighted["action"].item() == 1.0  # reported unweighted
+    assert weighted["total"].item() == 0.0 * 1.0 + 10.0 * 1.0 + 0.5 * 4.0 + 1.0 * 9.0
 
 
 def test_all_clean_batch_has_zero_action_loss_with_gradient_path():

@@ -120,6 +120,25 @@ def test_views_are_told_apart_by_the_view_embedding(tiny_config):
     torch.testing.assert_close(out[:, 0], out[:, 1])
 
 
+def test_spatial_embedding_is_optional_learned_and_checked(tiny_config):
+    cfg = tiny_config.model
+    assert "spatial_embedding" not in XWAMTransformer(cfg).state_dict()  # Wan / release layouts unchanged
+    cfg = replace(cfg, spatial_embedding=True)
+    torch.manual_seed(0)
+    model = XWAMTransformer(cfg)
+    _, rows, cols = cfg.token_grid
+    assert model.spatial_embedding.shape == (rows, cols, cfg.hidden_dim)
+    video, text, tv, ta, actions, states = inputs(cfg, batch=1)
+    out = model(video, text, tv, ta, actions, states)
+    out.actions.pow(2).mean().backward()  # the action head learns where things are through it
+    assert model.spatial_embedding.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.spatial_embedding.zero_()
+        assert not torch.allclose(model(video, text, tv, ta, actions, states).actions, out.actions)
+        with pytest.raises(ValueError, match="does not match the spatial embedding"):
+            model(video[..., :-1, :], text, tv, ta, actions, states)  # a smaller image than configured
+
+
 def test_clean_tokens_get_time_zero(tiny_config):
     cfg = tiny_config.model
     model = XWAMTransformer(cfg)

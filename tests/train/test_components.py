@@ -21,6 +21,7 @@ from xwam.train import (
     TrainConfig,
     Trainer,
     cosine_with_warmup,
+    ema_decay_at,
     loss_sums,
     losses_from_sums,
     merge_lora_state,
@@ -180,3 +181,30 @@ def test_train_config_json_round_trip_and_validation(tmp_path: Path) -> None:
         TrainConfig(data=["a"], weights=[1, 2]).validate()
     with pytest.raises(ValueError, match="init must look like"):
         TrainConfig(data=["a"], init="foo").validate()
+
+
+def test_trainer_keeps_every_episode_that_fits_decoded(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # Re-decoding an episode's videos per clip used to cost more than the training step itself.
+    trainer = Trainer(tiny_train_config(synthetic_dataset, tmp_path / "cache", steps=4, save_every=100))
+    src = trainer.sources[0]
+    assert src.cache_size == len(src) and src._cache.max_bytes == 2048 * 2**20
+    trainer.fit()
+    assert 0 < len(src._cache) <= len(src)
+    decoded = {k: src._cache.get(k) for k in list(src._cache._items)}  # later clips reuse these
+    for (i, depth), ep in decoded.items():
+        assert src.episode(i, load_depth=depth) is ep
+    small = Trainer(tiny_train_config(synthetic_dataset, tmp_path / "none", steps=1, episode_cache_mb=0.0))
+    small.fit()
+    assert len(small.sources[0]._cache) == 0
+
+
+def test_ema_decay_warms_up_to_the_configured_value() -> None:
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)  # the first average is mostly the new weights
+    decays = [ema_decay_at(s, 0.999) for s in range(0, 20000, 50)]
+    assert all(a <= b for a, b in zip(decays, decays[1:]))
+    assert ema_decay_at(20000, 0.999) == 0.999 and ema_decay_at(50, 0.5) == 0.5
+    # after 2600 steps the initial (random) weights weigh under 1e-3 in the average, not 7 %
+    weight = 1.0
+    for s in range(2600):
+        weight *= ema_decay_at(s, 0.999)
+    assert weight < 1e-3

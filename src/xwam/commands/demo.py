@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from xwam.demo import DemoConfig
+
     p = sub.add_parser(
         "demo",
         help="collect demos, train from scratch, evaluate in closed loop, imagine in 4D, write a report",
@@ -16,23 +18,32 @@ def register(sub: argparse._SubParsersAction) -> None:
             "writes OUT/report.html. Every stage is resumable: re-running on the same --out skips finished "
             "stages and resumes training from its last checkpoint."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--task", default="Lift", help="simulator task (Lift, Stack, PickPlaceCan)")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget (default 14; quick: 0.75)")
-    p.add_argument("--episodes", type=int, default=None, help="training demonstrations (default 60)")
-    p.add_argument("--eval-episodes", type=int, default=None, help="closed-loop episodes (default 50)")
-    p.add_argument("--preset", default="small", help="model preset")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override")
-    p.add_argument("--steps", type=int, default=None, help="training steps the LR schedule spans (default 1250)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    d, q = DemoConfig(), DemoConfig.quick_config()
+
+    def default(name: str, fmt: str = "{}") -> str:
+        a, b = getattr(d, name), getattr(q, name)
+        return f"(default {fmt.format(a)}" + (f"; --quick: {fmt.format(b)})" if a != b else ")")
+
+    p.add_argument("--task", default=d.task, help=f"simulator task: Lift, Stack or PickPlaceCan {default('task')}")
+    p.add_argument("--out", default=d.out, help=f"output folder; re-running on it resumes {default('out')}")
+    p.add_argument("--minutes", type=float, default=None, help=f"training wall-clock budget {default('minutes', '{:g}')}")
+    p.add_argument("--episodes", type=int, default=None, help=f"training demonstrations {default('episodes')}")
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help=f"closed-loop episodes on held-out seeds {default('eval_episodes')}")
+    p.add_argument("--preset", default=d.preset, help=f"model preset (see `xwam presets`) {default('preset')}")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="config override on top of the preset, repeatable (e.g. model.num_layers=6)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps the cosine LR schedule spans; training stops at these or at --minutes "
+                        f"{default('steps')}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"clips per step {default('batch_size')}")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's from-scratch rate)")
     p.add_argument("--ema-decay", type=float, default=None,
-                   help="EMA of the weights used to act and imagine (0 disables it)")
+                   help=f"EMA of the weights used to act and imagine, 0 disables it {default('ema_decay', '{:g}')}")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="a few-minute end-to-end run with a tiny budget (CI)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of collection and training (default 0)")
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,4 @@
-"""The X-WAM training objective (SPEC section 3), all weights 1.
+"""The X-WAM training objective (SPEC section 3); all weights 1 unless ``weights`` says otherwise.
 
 - video: velocity MSE over latent frames 1.. (frame 0 is the clean observation);
 - state: velocity MSE over tokens 1.. times per-dimension validity masks;
@@ -35,8 +35,9 @@ def xwam_losses(
     pred_depth: torch.Tensor | None = None,
     target_depth: torch.Tensor | None = None,
     condition_frames: int = 1,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-modality losses and their sum ``total``.
+    """Per-modality losses (unweighted) and their ``weights``-weighted sum ``total``.
 
     Shapes: video (B, V, C, T, h, w); actions (B, K, A) with mask (B, K, A) or (A,);
     states (B, S, Ds) with mask (B, S, Ds) or (Ds,); actions_clean (B,) bool.
@@ -54,5 +55,6 @@ def xwam_losses(
         losses["state"] = masked_mse(pred_states, target_states, mask)
     if pred_depth is not None:
         losses["depth"] = masked_mse(pred_depth, target_depth, None)
-    losses["total"] = sum(losses.values())
+    weights = weights or {}
+    losses["total"] = sum(weights.get(name, 1.0) * value for name, value in losses.items())
     return losses

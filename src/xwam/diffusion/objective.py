@@ -74,5 +74,5 @@ def training_losses(
         out.actions, velocity_target(actions, e_actions),
         out.states, velocity_target(states, e_states),
         actions_clean=levels.actions_clean, action_mask=action_mask, state_mask=state_mask,
-        pred_depth=out.depth, target_depth=depth,
+        pred_depth=out.depth, target_depth=depth, weights=cfg.loss_weights(),
     )

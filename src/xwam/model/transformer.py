@@ -161,6 +161,10 @@ class XWAMTransformer(nn.Module):
         dim = cfg.hidden_dim
         self.view_embedding = nn.Embedding(cfg.num_views, dim)
         nn.init.normal_(self.view_embedding.weight, std=0.02)
+        self.spatial_embedding: nn.Parameter | None = None
+        if cfg.spatial_embedding:
+            _, rows, cols = cfg.token_grid
+            self.spatial_embedding = nn.Parameter(torch.randn(rows, cols, dim) * 0.02)
         self.action_encoder = token_mlp(cfg.action_dim, dim, dim)
         self.action_decoder = token_mlp(dim, dim, cfg.action_dim)
         self.state_encoder = token_mlp(cfg.state_dim, dim, dim)
@@ -276,6 +280,11 @@ class XWAMTransformer(nn.Module):
         tokens = bb.patch_embedding(video.flatten(0, 1))  # (B*V, D, T, h', w')
         tokens = tokens.unflatten(0, (batch, views)).permute(0, 3, 1, 4, 5, 2)  # (B, T, V, h', w', D)
         tokens = tokens + self.view_embedding.weight.to(tokens.dtype)[None, None, :, None, None, :]
+        if self.spatial_embedding is not None:
+            if tuple(self.spatial_embedding.shape[:2]) != grid[1:]:
+                raise ValueError(f"video token grid {grid[1:]} does not match the spatial embedding's "
+                                 f"{tuple(self.spatial_embedding.shape[:2])} (image size differs from the config)")
+            tokens = tokens + self.spatial_embedding.to(tokens.dtype)
         parts = [tokens.flatten(1, 4)]
         if num_states:
             parts.append(self.state_encoder(states.to(tokens.dtype)))
