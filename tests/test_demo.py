@@ -19,7 +19,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     for section in ("Closed-loop success", "Training losses", "4D quality", "Imagined future", "Latency"):
         assert section in html, section
     assert list((out / "eval").glob("*/videos/*.mp4"))
-    assert html.rstrip().count("/ema") >= 1  # the EMA weights (on by default) act and imagine
+    assert "/ema" in html  # the EMA weights (on by default) act and imagine
     capsys.readouterr()
     # a second run skips every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0

@@ -55,9 +55,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     eps: float = 1e-6
     # A learned absolute (row, col) embedding added to every video token. Wan has only RoPE, which
-    # places tokens in attention scores but not in the values an action token reads back; a small
-    # from-scratch model learns *where* the object is much faster with it. Off for Wan2.2 / release
-    # weights (their layout has no such parameter).
+    # places tokens in attention scores but not in the values an action token reads back; the CPU
+    # demo's from-scratch model uses it (not yet measured against a run without it). Off for Wan2.2 /
+    # release weights (their layout has no such parameter).
     spatial_embedding: bool = False
     # depth branch: the last `depth_layers` blocks are replicated into it (0 disables it)
     depth_layers: int = 10
@@ -198,7 +198,7 @@ class DiffusionConfig:
     # can be generated as a continuation of actions already committed to the robot.
     action_prefix_prob: float = 0.1
     # Per-modality loss weights (the paper weighs all four 1). On the CPU demo a 5x action weight
-    # did not help the policy (17 % vs 28 % closed-loop success on 50 held-out Lift seeds).
+    # did not help the policy (16 % vs 28 % closed-loop success on 50 held-out Lift seeds).
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
     state_loss_weight: float = 1.0

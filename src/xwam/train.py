@@ -977,6 +977,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(tc.warmup, tc.steps, tc.min_lr_ratio)
         )
+        # per-modality loss weights in LOSS_NAMES order, applied to the per-rank loss sums every step
+        lw = self.cfg.diffusion.loss_weights()
+        self.loss_weights = torch.tensor([lw[k] for k in LOSS_NAMES], device=self.ctx.device)
         self.ema: list[torch.Tensor] | None = None
         if tc.ema_decay > 0:
             self.ema = [p.detach().clone().float() for p in self.trainable]
@@ -1084,8 +1087,6 @@ class Trainer:
         # DDP/FSDP average gradients over ranks: scale by world so the result is the global-batch mean
         denom = counts.clamp_min(1.0).float() / ctx.world
         total_sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
-        lw = self.cfg.diffusion.loss_weights()
-        weights = torch.tensor([lw[k] for k in LOSS_NAMES], device=ctx.device)
         for i, batch in enumerate(prepared):
             last = i == len(prepared) - 1
             if self.mode == "fsdp":
@@ -1093,7 +1094,7 @@ class Trainer:
             with self._no_sync(last), self._autocast():
                 sums = loss_sums(self.model, batch)
                 stacked = torch.stack([sums[k].float() for k in LOSS_NAMES])
-                loss = (stacked / denom * weights).sum()
+                loss = (stacked / denom * self.loss_weights).sum()
             loss.backward()
             total_sums += stacked.detach().double()
         ctx.all_reduce_sum(total_sums)

@@ -208,3 +208,16 @@ def test_ema_decay_warms_up_to_the_configured_value() -> None:
     for s in range(2600):
         weight *= ema_decay_at(s, 0.999)
     assert weight < 1e-3
+
+
+def test_trainer_applies_the_configured_loss_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # all weights 0: the losses are still reported, but no gradient reaches the model
+    zero = [f"diffusion.{k}_loss_weight=0" for k in LOSS_NAMES]
+    trainer = Trainer(tiny_train_config(synthetic_dataset, tmp_path / "w", steps=1, overrides=zero))
+    assert trainer.loss_weights.tolist() == [0.0] * len(LOSS_NAMES)
+    before = [p.detach().clone() for p in trainer.trainable]
+    trainer.optimizer.param_groups[0]["weight_decay"] = 0.0
+    batch = next(iter(trainer.loader))
+    losses = trainer.train_step([batch])
+    assert losses["video"] > 0 and losses["grad_norm"] == 0.0
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, trainer.trainable))
