@@ -2,7 +2,7 @@ import pytest
 
 from xwam.cli import COMMAND_MODULES, build_parser, main
 
-VERBS = ["collect", "dataset", "train", "eval", "imagine", "eval-4d", "serve", "bench", "convert", "demo", "presets"]
+VERBS = ["collect", "dataset", "train", "eval", "imagine", "eval-4d", "diagnose", "serve", "bench", "convert", "demo", "presets"]
 
 
 def test_help_lists_every_verb(capsys):

@@ -70,8 +70,11 @@ def test_eval_4d_on_held_out_episodes_writes_tables(lift32, tmp_path):
     mean = metrics["summary"]["all"]["mean"]
     assert mean["psnr"] > 0 and 0 <= mean["delta1"] <= 1 and mean["chamfer"] > 0
     assert "static" in metrics["summary"]  # the two agent views are static
+    assert all(c["baseline_frozen"]["all"]["mean"]["psnr"] > 0 for c in metrics["clips"])
+    assert set(metrics["summary_baseline_frozen"]) == set(metrics["summary"])
     table = (out / "metrics.md").read_text()
     assert "| all |" in table and "| static |" in table and "| 2 |" in table
+    assert "frozen present (all)" in table
     assert len(list(out.glob("episode*/report.html"))) == 1
 
 
@@ -87,3 +90,58 @@ def test_ground_truth_as_prediction_scores_perfectly(lift32):
     m = evaluate_4d(truth.as_dict(), truth.as_dict())
     assert m["all"]["mean"]["psnr"] == float("inf") and m["all"]["mean"]["abs_rel"] == 0
     assert m["all"]["mean"]["chamfer"] == 0 and m["all"]["mean"]["delta1"] == 1
+
+
+def test_frozen_present_repeats_frame_zero_and_is_perfect_there(lift32):
+    from xwam.data import open_dataset
+    from xwam.geometry.metrics import evaluate_4d
+    from xwam.imagine import clip_from_episode, frozen_present
+
+    data, _ = lift32
+    truth = clip_from_episode(open_dataset(data).episode(0), 2, 3, 2, 4, CAMERAS)
+    frozen = frozen_present(truth)
+    assert set(frozen) == {"rgb", "depth", "intrinsics", "extrinsics"}
+    for key, table in frozen.items():
+        for cam in CAMERAS:
+            first = getattr(truth, key)[cam][0]
+            assert table[cam].shape == getattr(truth, key)[cam].shape and (table[cam] == first).all(), (key, cam)
+    # the wrist camera moved with the hand, but the frozen present keeps its frame-0 pose
+    wrist = "robot0_eye_in_hand"
+    assert not np.allclose(truth.extrinsics[wrist][2], frozen["extrinsics"][wrist][2])
+    m = evaluate_4d(frozen, truth.as_dict(), lpips=False)
+    per_frame = m["all"]["per_frame"]
+    assert per_frame["psnr"][0] == float("inf") and per_frame["abs_rel"][0] == 0 and per_frame["chamfer"][0] == 0
+    assert np.isfinite(per_frame["psnr"][1:]).all()  # the scene moved: the present is not the future
+
+
+def test_eval_4d_scores_the_frozen_present_beside_the_model(lift32, tmp_path, monkeypatch):
+    """A model that predicts exactly frame 0 scores what the frozen-present baseline does, and both are stored."""
+    import xwam.commands.imagine as cmd
+    from xwam.imagine import Imagination, clip_from_episode, frozen_present
+
+    def predicts_the_present(policy, episode, start, args, seed):
+        m = policy.config.model
+        truth = clip_from_episode(episode, start, m.num_frames, m.frame_skip, m.action_horizon, policy.camera_names)
+        still = frozen_present(truth)
+        imag = Imagination(camera_names=list(policy.camera_names), rgb=still["rgb"], depth=still["depth"],
+                           intrinsics=still["intrinsics"], extrinsics=still["extrinsics"],
+                           states=np.repeat(truth.states[:1], m.num_frames, 0), actions=np.zeros_like(truth.actions),
+                           instruction=episode.task)
+        return imag, truth
+
+    monkeypatch.setattr(cmd, "_imagine_from_episode", predicts_the_present)
+    data, ckpt = lift32
+    out = tmp_path / "eval4d"
+    assert main(["eval-4d", "--checkpoint", str(ckpt), "--data", str(data), "--episodes", "0,1", "--starts", "2",
+                 "--out", str(out), "--save-clips", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["clips"]) == 4
+    for clip in metrics["clips"]:
+        assert clip["baseline_frozen"] == clip["metrics"]
+    assert metrics["summary_baseline_frozen"] == metrics["summary"]
+    assert metrics["summary_baseline_frozen"]["all"]["mean"]["psnr"] > 0
+    table = (out / "metrics.md").read_text()
+    assert "| metric | better | model (static) | frozen present (static) | model (all) | frozen present (all) |" in table
+    psnr_row = next(line for line in table.splitlines() if line.startswith("| psnr | higher |"))
+    cells = [c.strip() for c in psnr_row.strip("|").split("|")]
+    assert cells[2] == cells[3] and cells[4] == cells[5] and cells[4] != "n/a"

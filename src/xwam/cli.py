@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "xwam.commands.train",
     "xwam.commands.eval",
     "xwam.commands.imagine",
+    "xwam.commands.diagnose",
     "xwam.commands.serve",
     "xwam.commands.bench",
     "xwam.commands.convert",

@@ -69,6 +69,30 @@ class ClipTruth:
         return out
 
 
+def frozen_present(truth: ClipTruth) -> dict[str, Any]:
+    """The "nothing moves" prediction of a clip: frame 0's RGB, depth and cameras of every view repeated
+    for every frame, in :func:`xwam.geometry.metrics.evaluate_4d`'s layout (the keys of
+    :meth:`ClipTruth.as_dict`). Scored like the model, it is the baseline a world model must beat:
+    how much of the future is already in the present.
+
+    Static cameras keep their (constant) ground-truth pose. The wrist camera keeps frame 0's pose for
+    its point cloud too, rather than the recorded later poses: this baseline predicts no motion, of
+    the scene or of the hand."""
+    frames = len(truth.frame_indices)
+
+    def repeat_first(table: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        if table is None:
+            return None
+        return {c: np.repeat(np.asarray(v)[:1], frames, axis=0) for c, v in table.items()}
+
+    out: dict[str, Any] = {"rgb": repeat_first(truth.rgb)}
+    for key in ("depth", "intrinsics", "extrinsics"):
+        table = repeat_first(getattr(truth, key))
+        if table is not None:
+            out[key] = table
+    return out
+
+
 def clip_from_episode(episode: Episode, start: int, num_frames: int, frame_skip: int, horizon: int,
                       cameras: list[str]) -> ClipTruth:
     """Ground-truth frames start, start+s, ... and actions start..start+K-1 of an episode."""

@@ -25,7 +25,7 @@ import torch
 from xwam.config import SamplerConfig, XWAMConfig
 from xwam.data.stats import NormStats
 from xwam.diffusion.sampler import AsyncSampler, Conditioning
-from xwam.model.checkpoint import load_checkpoint
+from xwam.model.checkpoint import load_checkpoint, load_codec_state
 from xwam.model.transformer import XWAMTransformer
 from xwam.processor import XWAMProcessor
 
@@ -125,7 +125,7 @@ class XWAMPolicy:
         if sampler is not None:
             config.sampler = sampler
         processor = XWAMProcessor.build(config.model, NormStats.from_dict(stats), vae_path=vae_path,
-                                        text_path=text_path, device=device)
+                                        text_path=text_path, device=device, codec_state=load_codec_state(path))
         return cls(model, config, processor, **kwargs)
 
     # ---- protocol used by the server --------------------------------------------------------

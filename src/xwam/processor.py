@@ -33,6 +33,9 @@ class TrainingInputs:
 
 
 class XWAMProcessor:
+    """``codec`` encodes RGB; ``depth_codec`` encodes inverse-depth frames (the same codec, except for
+    fitted codecs, which fit one basis per stream)."""
+
     def __init__(
         self,
         cfg: ModelConfig,
@@ -40,9 +43,11 @@ class XWAMProcessor:
         text_encoder: Any,
         norm_stats: NormStats | None = None,
         device: torch.device | str = "cpu",
+        depth_codec: LatentCodec | None = None,
     ) -> None:
         self.cfg = cfg
         self.codec = codec
+        self.depth_codec = depth_codec if depth_codec is not None else codec
         self.text_encoder = text_encoder
         self.norm_stats = norm_stats
         self.depth_encoding = InverseDepthEncoding(near=cfg.depth_near, far=cfg.depth_far)
@@ -58,10 +63,51 @@ class XWAMProcessor:
         text_path: str | None = None,
         device: torch.device | str = "cpu",
         text_cache_dir: str | None = None,
+        codec_state: dict[str, torch.Tensor] | None = None,
     ) -> XWAMProcessor:
-        codec = build_codec(cfg, vae_path=vae_path, device=device)
+        """``codec_state``: the fitted codec (``codec_state()`` of the processor that trained the model;
+        checkpoints store it as codec.safetensors); needed by fitted codecs (``pca``) only."""
+        rgb_state = depth_state = None
+        if cfg.codec in FITTED_CODECS:
+            if codec_state is None:
+                raise ValueError(f"codec {cfg.codec!r} needs its fitted state (codec.safetensors of the checkpoint)")
+            rgb_state, depth_state = (_substate(codec_state, name) for name in ("rgb", "depth"))
+        codec = build_codec(cfg, vae_path=vae_path, device=device, fitted=rgb_state)
+        depth_codec = build_codec(cfg, fitted=depth_state) if depth_state is not None else None
         text = build_text_encoder(cfg, path=text_path, device=device, cache_dir=text_cache_dir)
-        return cls(cfg, codec, text, norm_stats, device)
+        return cls(cfg, codec, text, norm_stats, device, depth_codec=depth_codec)
+
+    @staticmethod
+    def fit_codec_state(cfg: ModelConfig, images: torch.Tensor, depth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Fit a fitted codec (``pca``) on training clips: images (N, V, F, 3, H, W) uint8, depth
+        (N, V, F, H, W) metres or None (then the depth basis is fitted on the RGB frames' grey levels).
+        Returns the state ``build(codec_state=...)`` takes."""
+        from xwam.codecs.pca import PatchPCACodec
+
+        if cfg.codec not in FITTED_CODECS:
+            raise ValueError(f"codec {cfg.codec!r} is not fitted on data")
+        frames = _flat_frames(images)
+        rgb = PatchPCACodec.fit(frames, cfg.spatial_compression, cfg.latent_channels)
+        if depth is not None:
+            encoding = InverseDepthEncoding(near=cfg.depth_near, far=cfg.depth_far)
+            depth_frames = encoding.depth_to_frames(depth.float()).flatten(0, 1)
+        else:
+            depth_frames = frames.mean(dim=1, keepdim=True).expand_as(frames)
+        depth_codec = PatchPCACodec.fit(depth_frames, cfg.spatial_compression, cfg.latent_channels)
+        state = {f"rgb.{k}": v for k, v in rgb.state_dict().items()}
+        state.update({f"depth.{k}": v for k, v in depth_codec.state_dict().items()})
+        state["rgb.reconstruction_psnr"] = torch.tensor([rgb.reconstruction_psnr(frames)], dtype=torch.float64)
+        state["depth.reconstruction_psnr"] = torch.tensor(
+            [depth_codec.reconstruction_psnr(depth_frames)], dtype=torch.float64)
+        return state
+
+    def codec_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must store to rebuild the codecs (empty for weight-free or pretrained codecs)."""
+        if self.cfg.codec not in FITTED_CODECS:
+            return {}
+        state = {f"rgb.{k}": v for k, v in self.codec.state_dict().items()}
+        state.update({f"depth.{k}": v for k, v in self.depth_codec.state_dict().items()})
+        return state
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _stats(self) -> NormStats:
@@ -73,10 +119,7 @@ class XWAMProcessor:
     def encode_video(self, images: torch.Tensor) -> torch.Tensor:
         """(B, V, F, 3, H, W) uint8 or float in [-1, 1] -> (B, V, C, T, h, w) latents."""
         batch, views = images.shape[:2]
-        frames = images.to(self.device)
-        frames = frames.float() / 127.5 - 1.0 if frames.dtype == torch.uint8 else frames.float()
-        frames = frames.permute(0, 1, 3, 2, 4, 5).flatten(0, 1)  # (B*V, 3, F, H, W)
-        return self.codec.encode(frames).unflatten(0, (batch, views))
+        return self.codec.encode(_flat_frames(images.to(self.device))).unflatten(0, (batch, views))
 
     @torch.no_grad()
     def encode_current_frame(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,7 +134,7 @@ class XWAMProcessor:
         """(B, V, F, H, W) metres -> (B, V, C, T, h, w) depth latents."""
         batch, views = depth.shape[:2]
         frames = self.depth_encoding.depth_to_frames(depth.to(self.device).float())  # (B, V, 3, F, H, W)
-        return self.codec.encode(frames.flatten(0, 1)).unflatten(0, (batch, views))
+        return self.depth_codec.encode(frames.flatten(0, 1)).unflatten(0, (batch, views))
 
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
@@ -105,7 +148,7 @@ class XWAMProcessor:
     def decode_depth(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, V, C, T, h, w) depth latents -> (B, V, F, H, W) metres."""
         batch, views = latents.shape[:2]
-        frames = self.codec.decode(latents.flatten(0, 1).float())  # (B*V, 3, F, H, W)
+        frames = self.depth_codec.decode(latents.flatten(0, 1).float())  # (B*V, 3, F, H, W)
         return self.depth_encoding.frames_to_depth(frames).unflatten(0, (batch, views))
 
     @torch.no_grad()
@@ -155,3 +198,18 @@ class XWAMProcessor:
 
     def unnormalize_states(self, states: torch.Tensor) -> torch.Tensor:
         return self._stats().unnormalize_state(states.float())
+
+
+# codecs whose parameters are fitted on the training data and stored with the checkpoint
+FITTED_CODECS = ("pca",)
+
+
+def _flat_frames(images: torch.Tensor) -> torch.Tensor:
+    """(B, V, F, 3, H, W) uint8 or float in [-1, 1] -> (B*V, 3, F, H, W) float frames."""
+    frames = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+    return frames.permute(0, 1, 3, 2, 4, 5).flatten(0, 1)
+
+
+def _substate(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

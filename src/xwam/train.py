@@ -60,13 +60,22 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xwam.config import XWAMConfig, get_preset
-from xwam.model.checkpoint import CONFIG_FILE, MODEL_FILE, STATS_FILE, atomic_write_dir
+from xwam.model.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATS_FILE,
+    atomic_write_dir,
+    load_codec_state,
+    write_checkpoint_files,
+)
 from xwam.model.transformer import XWAMTransformer
 
 TRAIN_CONFIG_FILE = "train_config.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
+CODEC_FIT_FILE = "codec_fit.json"
+SUMMARY_FILE = "train_summary.json"  # planned vs done steps, time, whether a time budget cut the run
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 
@@ -97,6 +106,7 @@ class TrainConfig:
         "model"  # "model" (clip layout of the model config) or "release" (9 x skip 4, 32 actions, augment)
     )
     augment: bool | None = None  # None: on for --clips release, off otherwise
+    shift_augment: int = 0  # random shift of every view by up to N pixels (0: off)
     val_episodes: int = 0  # last N episodes of every dataset are held out for validation
     # optimisation
     steps: int = 1000
@@ -119,6 +129,7 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # torch.set_num_threads per process (None: leave torch's choice)
     cache_latents: bool = False  # keep VAE latents of un-augmented clips in memory
+    codec_fit_clips: int = 512  # fitted codecs (pca): clips (evenly spaced over the data) the basis is fitted on
     # memory (MiB, per data-loading process) for decoded episodes: every episode that fits stays
     # decoded, so clips are sliced from memory instead of re-decoding an episode's videos per clip
     episode_cache_mb: float = 2048.0
@@ -170,8 +181,10 @@ class TrainConfig:
             problems.append("lora_rank, val_episodes, workers and val_every must be >= 0")
         if self.init is not None and self.init.split(":", 1)[0] not in ("wan", "release", "xwam"):
             problems.append(f"init must look like wan:PATH, release:PATH or xwam:PATH, got {self.init!r}")
-        if self.cache_latents and self.resolved_augment():
+        if self.cache_latents and (self.resolved_augment() or self.shift_augment):
             problems.append("cache_latents needs augmentation off (augmented clips differ every draw)")
+        if self.shift_augment < 0:
+            problems.append(f"shift_augment must be >= 0, got {self.shift_augment}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -838,6 +851,7 @@ class Trainer:
         self.tc = tc.resolved()
         self.cfg = cfg or resolve_model_config(self.tc)
         self.resume_from = resume_from
+        self.codec_fit: dict[str, Any] | None = None  # set when a fitted codec is fitted by this run
         if resume_from is None and any((self.run_dir / CHECKPOINTS_DIR).glob("step-*")):
             raise ValueError(
                 f"{self.run_dir} already holds checkpoints: pass --resume to continue it or choose another --out"
@@ -884,7 +898,8 @@ class Trainer:
         check_data_matches_model(self.sources, tc.data, self.norm_stats, self.cfg)
         if tc.clips == "release":
             clip_cfg = ClipConfig.release(
-                image_size=(m.image_height, m.image_width), augment=tc.augment, seed=tc.seed
+                image_size=(m.image_height, m.image_width), augment=tc.augment, seed=tc.seed,
+                shift_pixels=tc.shift_augment,
             )
             layout = (clip_cfg.num_frames, clip_cfg.frame_skip, clip_cfg.action_horizon)
             if layout != (m.num_frames, m.frame_skip, m.action_horizon):
@@ -893,14 +908,14 @@ class Trainer:
                     f"{m.num_frames}, frame_skip={m.frame_skip}, action_horizon={m.action_horizon}"
                 )
         else:
-            clip_cfg = ClipConfig.from_model(m, augment=tc.augment, seed=tc.seed)
+            clip_cfg = ClipConfig.from_model(m, augment=tc.augment, seed=tc.seed, shift_pixels=tc.shift_augment)
         splits = [split_episodes(s, tc.val_episodes) for s in self.sources]
         self.train_clips = ClipDataset(
             [s for s, _ in splits], clip_cfg, weights=tc.weights, norm_stats=self.norm_stats
         )
         self.val_clips = None
         if tc.val_episodes:
-            val_cfg = dataclasses.replace(clip_cfg, augment=False)
+            val_cfg = dataclasses.replace(clip_cfg, augment=False, shift_pixels=0)
             self.val_clips = ClipDataset([v for _, v in splits], val_cfg, norm_stats=self.norm_stats)
         self.with_depth = self.train_clips.with_depth and m.depth_layers > 0
         from xwam.processor import XWAMProcessor
@@ -911,8 +926,50 @@ class Trainer:
             vae_path=tc.vae_path,
             text_path=tc.text_path,
             device=self.ctx.device,
+            codec_state=self._codec_state(clip_cfg, [s for s, _ in splits]),
         )
         self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _codec_state(self, clip_cfg: Any, sources: list[Any]) -> dict[str, torch.Tensor] | None:
+        """A fitted codec's state: the run's own when resuming, the initial checkpoint's with
+        ``--init xwam:``, else fitted now on evenly spaced un-augmented training clips (deterministic)."""
+        from xwam.processor import FITTED_CODECS, XWAMProcessor
+
+        m, tc = self.cfg.model, self.tc
+        if m.codec not in FITTED_CODECS:
+            return None
+        for origin in (self.resume_from, Path(tc.init.split(":", 1)[1]) if tc.init and tc.init.startswith("xwam:")
+                       else None):
+            if origin is not None:
+                state = load_codec_state(origin)
+                if state is None:
+                    raise ValueError(f"{origin} has no codec.safetensors, which its {m.codec!r} codec needs")
+                return state
+        from xwam.data import ClipDataset
+
+        started = time.perf_counter()
+        clips = ClipDataset(sources, dataclasses.replace(clip_cfg, augment=False, shift_pixels=0),
+                            norm_stats=self.norm_stats)
+        picks = np.unique(np.linspace(0, len(clips) - 1, min(len(clips), tc.codec_fit_clips)).round().astype(int))
+        samples = [clips[int(i)] for i in picks]
+        images = torch.stack([x["images"] for x in samples])
+        depth = torch.stack([x["depth"] for x in samples]) if all("depth" in x for x in samples) else None
+        state = XWAMProcessor.fit_codec_state(m, images, depth)
+        self.codec_fit = {
+            "codec": m.codec, "latent_channels": m.latent_channels, "clips": len(samples),
+            "frames": int(images.shape[0] * images.shape[1] * images.shape[2]),
+            "rgb_reconstruction_psnr_db": float(state["rgb.reconstruction_psnr"]),
+            "depth_reconstruction_psnr_db": float(state["depth.reconstruction_psnr"]) if depth is not None else None,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        if self.ctx.is_main:
+            depth_note = (f", inverse depth {self.codec_fit['depth_reconstruction_psnr_db']:.1f} dB"
+                          if depth is not None else "")
+            print(f"xwam train: fitted the {m.codec} codec ({m.latent_channels} components per "
+                  f"{m.spatial_compression}x{m.spatial_compression} patch) on {len(samples)} clips in "
+                  f"{self.codec_fit['seconds']:.1f} s: RGB reconstruction {self.codec_fit['rgb_reconstruction_psnr_db']:.1f} dB"
+                  f"{depth_note}", file=sys.stderr)
+        return state
 
     def _build_model(self) -> None:
         tc, ctx = self.tc, self.ctx
@@ -1011,6 +1068,8 @@ class Trainer:
         _atomic_write_text(self.run_dir / TRAIN_CONFIG_FILE, json.dumps(self.tc.to_dict(), indent=2) + "\n")
         _atomic_write_text(self.run_dir / CONFIG_FILE, self.cfg.to_json() + "\n")
         _atomic_write_text(self.run_dir / STATS_FILE, json.dumps(self.norm_stats.to_dict(), indent=2) + "\n")
+        if self.codec_fit is not None:
+            _atomic_write_text(self.run_dir / CODEC_FIT_FILE, json.dumps(self.codec_fit, indent=2) + "\n")
         # metrics logged after the checkpoint we resume from would be duplicated: drop them
         if self._metrics_path.exists():
             keep = []
@@ -1200,21 +1259,17 @@ class Trainer:
             }
             meta = {"step": str(self.step), "preset": self.cfg.preset}
 
+            codec_state = self.processor.codec_state()
+
             def write(tmp: Path) -> None:
-                save_file(model_state, str(tmp / MODEL_FILE), metadata={"format": "pt", **meta})
-                self.cfg.to_json(tmp / CONFIG_FILE)
-                (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+                write_checkpoint_files(tmp, model_state, self.cfg, stats, meta, codec_state)
                 (tmp / TRAIN_CONFIG_FILE).write_text(json.dumps(self.tc.to_dict(), indent=2) + "\n")
                 if self.tc.lora_rank:
                     trainable = {n: raw[n].detach().float().contiguous() for n in self.trainable_names}
                     save_file(trainable, str(tmp / TRAINABLE_FILE))
                 if ema is not None:
                     (tmp / "ema").mkdir()
-                    save_file(
-                        self._export(ema), str(tmp / "ema" / MODEL_FILE), metadata={"format": "pt", **meta}
-                    )
-                    self.cfg.to_json(tmp / "ema" / CONFIG_FILE)
-                    (tmp / "ema" / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+                    write_checkpoint_files(tmp / "ema", self._export(ema), self.cfg, stats, meta, codec_state)
                 torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
 
             atomic_write_dir(target, write)
@@ -1353,18 +1408,36 @@ class Trainer:
         last_saved: Path | None = self.resume_from
         iterator = iter(self.loader)
         window_start, window_samples = time.perf_counter(), 0
+        fit_start, first_step = time.perf_counter(), self.step
+        # time estimate from a measured warm-up: steps first+5 .. first+5+n (the first few steps fill caches)
+        warm = (first_step + 5, first_step + 5 + max(5, min(50, (tc.steps - first_step) // 20)))
+        warm_t0 = None
+        cut_by_time = False
         try:
             while self.step < tc.steps:
                 if self.out_of_time():
+                    cut_by_time = True
                     if ctx.is_main:
+                        bar.clear()
                         print(
-                            f"xwam train: time budget of {tc.max_minutes} min reached at step {self.step}",
+                            f"\nxwam train: WARNING: the time budget of {tc.max_minutes:g} min cut the run at step "
+                            f"{self.step} of {tc.steps}: the schedule is incomplete (learning rate "
+                            f"{self.scheduler.get_last_lr()[0]:.2e} instead of its final value), so results differ "
+                            "from a full run and from runs on faster or slower machines\n",
                             file=sys.stderr,
                         )
                     break
+                if self.step == warm[0]:
+                    warm_t0 = time.perf_counter()
                 micro = [next(iterator) for _ in range(tc.grad_accum)]
                 losses = self.train_step(micro)
                 self.step += 1
+                if self.step == warm[1] and warm_t0 is not None and ctx.is_main:
+                    per_step = (time.perf_counter() - warm_t0) / (warm[1] - warm[0])
+                    bar.write(
+                        f"xwam train: {per_step:.3f} s/step measured over steps {warm[0] + 1}-{warm[1]}; about "
+                        f"{per_step * (tc.steps - self.step) / 60:.1f} min for the remaining {tc.steps - self.step} steps"
+                    )
                 window_samples += self.sampler.global_batch
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     elapsed = time.perf_counter() - window_start
@@ -1390,6 +1463,15 @@ class Trainer:
             bar.close()
         if last_saved is None or self.step != self._step_of(last_saved):
             last_saved = self.save_checkpoint()
+        seconds = time.perf_counter() - fit_start
+        summary = {"steps": tc.steps, "steps_done": self.step, "steps_this_session": self.step - first_step,
+                   "seconds_this_session": round(seconds, 1), "cut_by_time": cut_by_time,
+                   "max_minutes": tc.max_minutes, "checkpoint": str(last_saved)}
+        if ctx.is_main:
+            _atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+            print(f"xwam train: {self.step - first_step} steps in {seconds / 60:.1f} min "
+                  f"({(self.step - first_step) / max(seconds, 1e-9):.2f} steps/s); now at step {self.step} of {tc.steps}"
+                  + (" (CUT by the time budget)" if cut_by_time else ""), file=sys.stderr)
         if self.val_clips is not None:
             self._validate_and_log()
         if self.writer is not None:

@@ -72,8 +72,8 @@ def test_image_conversions_round_trip() -> None:
 
 
 def test_build_codec_pixel_matches_presets() -> None:
-    for name in ("tiny", "small"):
-        cfg = get_preset(name).model
+    for name, changes in (("tiny", []), ("small", ["model.codec=pixel", "model.latent_channels=192"])):
+        cfg = get_preset(name).override(changes).model
         codec = build_codec(cfg)
         assert isinstance(codec, PixelCodec)
         frames = torch.zeros(cfg.num_views, 3, cfg.num_frames, cfg.image_height, cfg.image_width)

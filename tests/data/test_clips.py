@@ -18,6 +18,7 @@ from xwam.data.clips import (
     _rgb_to_hsv,
     color_jitter_views,
     random_crop_views,
+    random_shift_views,
 )
 from xwam.data.lerobot import LeRobotV3Dataset, write_episodes
 from xwam.data.stats import NormStats
@@ -119,7 +120,9 @@ def test_too_short_episodes_are_an_error(tmp_path: Path) -> None:
         ClipDataset(ds, ClipConfig.release())
 
 
-def test_crop_keeps_rgb_depth_and_intrinsics_consistent() -> None:
+@pytest.mark.parametrize("augment", [lambda i, d, k, g: random_crop_views(i, d, k, 0.8, g),
+                                     lambda i, d, k, g: random_shift_views(i, d, k, 4, g)], ids=["crop", "shift"])
+def test_crop_and_shift_keep_rgb_depth_and_intrinsics_consistent(augment) -> None:
     H, W = 60, 80
     K = torch.tensor([[70.0, 0, 39.5], [0, 72.0, 29.5], [0, 0, 1]])
     point = torch.tensor([0.21, -0.13, 2.0])
@@ -133,7 +136,7 @@ def test_crop_keeps_rgb_depth_and_intrinsics_consistent() -> None:
     intr = K.expand(2, 2, 3, 3).clone()
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
-        out_img, out_depth, out_K = random_crop_views(images, depth, intr, 0.8, gen)
+        out_img, out_depth, out_K = augment(images, depth, intr, gen)
         for view in range(2):
             Kc = out_K[view, 0]
             p = Kc @ point
@@ -149,6 +152,26 @@ def test_crop_keeps_rgb_depth_and_intrinsics_consistent() -> None:
             # unprojecting the marker pixel with the new intrinsics gives back the 3D point
             ray = torch.linalg.solve(Kc, torch.tensor([up, vp, 1.0]))
             np.testing.assert_allclose((ray * 2.0).numpy(), point.numpy(), atol=1e-5)
+
+
+def test_shift_is_a_translation_with_border_fill_and_a_clip_option(datasets: tuple) -> None:
+    img = torch.arange(2 * 3 * 3 * 6 * 7, dtype=torch.float32).reshape(2, 3, 3, 6, 7).to(torch.uint8)
+    out, _, _ = random_shift_views(img, None, None, 2, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == img.shape
+    for v in range(2):
+        # find the offset: the output equals the input moved by (dy, dx) with clamped (border) indices
+        def moved(dy: int, dx: int, v: int = v) -> torch.Tensor:
+            rows, cols = (torch.arange(6) + dy).clamp(0, 5), (torch.arange(7) + dx).clamp(0, 6)
+            return img[v].index_select(-2, rows).index_select(-1, cols)
+
+        assert sum(torch.equal(out[v], moved(dy, dx)) for dy in range(-2, 3) for dx in range(-2, 3)) == 1
+    ds, _, _ = datasets
+    plain = ClipDataset(ds, ClipConfig(num_frames=2, frame_skip=2, action_horizon=3))[3]
+    shifted = ClipDataset(ds, ClipConfig(num_frames=2, frame_skip=2, action_horizon=3, shift_pixels=3))
+    assert torch.equal(shifted[3]["images"], shifted[3]["images"])  # deterministic per index
+    assert not torch.equal(shifted[3]["images"], plain["images"])
+    with pytest.raises(ValueError, match="shift_pixels"):
+        ClipConfig(shift_pixels=-1)
 
 
 def test_color_jitter_ranges_and_determinism() -> None:

@@ -20,6 +20,7 @@ from xwam.codecs.depth import (
     relative_inverse_depth_from_uint8,
     relative_inverse_depth_to_frames,
 )
+from xwam.codecs.pca import PatchPCACodec
 from xwam.codecs.pixel import PixelCodec
 from xwam.codecs.text import (
     CachedTextEncoder,
@@ -39,6 +40,7 @@ __all__ = [
     "LatentCodec",
     "MiniLMTextEncoder",
     "NoTextEncoder",
+    "PatchPCACodec",
     "PixelCodec",
     "TextEncoder",
     "UMT5TextEncoder",

@@ -122,16 +122,27 @@ def build_codec(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     micro_batch: int | None = None,
+    fitted: dict[str, torch.Tensor] | None = None,
 ) -> LatentCodec:
     """The codec ``cfg.codec`` names, checked against the config's channel and compression fields.
 
     ``vae_path`` (for ``wan22-vae``): a local diffusers-format model root holding ``vae/`` or the
     ``vae/`` folder itself. ``micro_batch`` bounds how many clips the VAE encodes at once.
+    ``fitted`` (for ``pca``): the fitted basis (``PatchPCACodec.state_dict()``), stored with checkpoints.
     """
     if cfg.codec == "pixel":
         from xwam.codecs.pixel import PixelCodec
 
         codec: LatentCodec = PixelCodec(cfg.spatial_compression)
+    elif cfg.codec == "pca":
+        if fitted is None:
+            raise ValueError(
+                "codec 'pca' needs its fitted basis: it is fitted on the training frames by `xwam train` and "
+                "stored in every checkpoint as codec.safetensors (is that file missing?)"
+            )
+        from xwam.codecs.pca import PatchPCACodec
+
+        codec = PatchPCACodec.from_state_dict(fitted)
     elif cfg.codec == "wan22-vae":
         if vae_path is None:
             raise ValueError(
@@ -142,7 +153,7 @@ def build_codec(
 
         codec = WanVAECodec.from_pretrained(vae_path, device=device, dtype=dtype, micro_batch=micro_batch)
     else:
-        raise ValueError(f"unknown codec {cfg.codec!r}; choose 'pixel' or 'wan22-vae'")
+        raise ValueError(f"unknown codec {cfg.codec!r}; choose 'pixel', 'pca' or 'wan22-vae'")
     mismatches = [
         f"{name}: config {want}, codec {have}"
         for name, want, have in (

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Runs the main job on the built-in default (robosuite Lift, 3 RGB-D cameras, the small preset): "
             "collects scripted demonstrations, trains from scratch with Asynchronous Noise Sampling for "
-            "--minutes, evaluates the policy on held-out seeds, imagines held-out futures in 4D (eval-4d) and "
+            "--steps, evaluates the policy on held-out seeds, imagines held-out futures in 4D (eval-4d) and "
             "writes OUT/report.html. Every stage is resumable: re-running on the same --out skips finished "
             "stages and resumes training from its last checkpoint."
         ),
@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--task", default=d.task, help=f"simulator task: Lift, Stack or PickPlaceCan {default('task')}")
     p.add_argument("--out", default=d.out, help=f"output folder; re-running on it resumes {default('out')}")
-    p.add_argument("--minutes", type=float, default=None, help=f"training wall-clock budget {default('minutes', '{:g}')}")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="optional wall-clock cap on training (default none: training runs its --steps, so the result "
+                        "does not depend on the machine's speed); a cap that cuts the schedule is reported loudly "
+                        "and marked in the report")
     p.add_argument("--episodes", type=int, default=None, help=f"training demonstrations {default('episodes')}")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help=f"closed-loop episodes on held-out seeds {default('eval_episodes')}")
@@ -35,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="config override on top of the preset, repeatable (e.g. model.num_layers=6)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps the cosine LR schedule spans; training stops at these or at --minutes "
-                        f"{default('steps')}")
+                   help=f"training steps (the cosine LR schedule spans them) {default('steps')}")
     p.add_argument("--batch-size", type=int, default=None, help=f"clips per step {default('batch_size')}")
+    p.add_argument("--shift-augment", type=int, default=None, metavar="PIXELS",
+                   help=f"random shift of every view by up to PIXELS while training {default('shift_augment')}")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's from-scratch rate)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help=f"EMA of the weights used to act and imagine, 0 disables it {default('ema_decay', '{:g}')}")
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, steps=args.steps, episodes=args.episodes,
                                      eval_episodes=args.eval_episodes, preset=args.preset,
-                                     batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, threads=args.threads,
+                                     batch_size=args.batch_size, shift_augment=args.shift_augment, lr=args.lr, ema_decay=args.ema_decay, threads=args.threads,
                                      seed=args.seed).items() if v is not None}
     cfg = DemoConfig.quick_config(**changes) if args.quick else DemoConfig(**changes)
     if args.set:

@@ -1,4 +1,5 @@
-"""`xwam eval`: closed-loop success rate of a checkpoint (or a running policy server) in simulation."""
+"""`xwam eval`: closed-loop success rate of a checkpoint (or a running policy server) in simulation, or
+of the blind-replay baseline (one recorded demonstration's actions, open loop) on the same seeds."""
 
 from __future__ import annotations
 
@@ -12,21 +13,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Runs the policy on fixed seeds of a simulated task (robosuite; RoboCasa tasks plug in where "
             "installed) and writes results.json, results.md (success rate, mean episode length, mean chunk "
-            "latency) and MP4s of the first rollouts with the camera views side by side."
+            "latency) and MP4s of the first rollouts with the camera views side by side. "
+            "--blind-replay measures the baseline a policy has to beat on the same seeds: the actions of one "
+            "recorded demonstration executed open loop (no cameras are rendered, so no MP4s), then a hold "
+            "(no arm motion, last gripper command) until the step limit."
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="xwam checkpoint folder (runs the policy in this process)")
     src.add_argument("--server", help="HOST:PORT of a running `xwam serve` (the policy runs there)")
+    src.add_argument("--blind-replay", metavar="DATA[:EPISODE]",
+                     help="baseline: replay the actions of episode EPISODE (default 0) of dataset DATA open loop, "
+                          "ignoring cameras and state; --task defaults to the task it was recorded in")
     p.add_argument("--api-key", default=None, help="API key for --server (or env XWAM_API_KEY)")
-    p.add_argument("--task", action="append", default=None, help="task name (repeatable; default Lift)")
+    p.add_argument("--task", action="append", default=None,
+                   help="task name (repeatable; default Lift, or for --blind-replay the task it was recorded in)")
     p.add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
     p.add_argument("--seed", type=int, default=10_000,
                    help="first seed; episode i uses seed+i (default 10000, disjoint from collection seeds)")
     p.add_argument("--max-steps", type=int, default=None, help="step limit per episode (default: the task's horizon)")
-    p.add_argument("--replan-every", type=int, default=None, help="actions executed per chunk (default K/2)")
+    p.add_argument("--replan-every", type=int, default=None,
+                   help="actions executed per chunk (default K/2; not used by --blind-replay)")
     p.add_argument("--rtc-delay", type=int, default=0, help="real-time chunking: committed actions per re-plan")
-    p.add_argument("--videos", type=int, default=3, help="rollout MP4s to write per task (default 3)")
+    p.add_argument("--videos", type=int, default=3,
+                   help="rollout MP4s to write per task (default 3; none for --blind-replay)")
     p.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint (default cpu)")
     p.add_argument("--action-steps", type=int, default=None, help="override the sampler's action steps k")
@@ -39,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     from xwam.evaluate import evaluate, markdown_table, write_results
 
-    tasks = args.task or ["Lift"]
     seeds = list(range(args.seed, args.seed + args.episodes))
+    if args.blind_replay:
+        return _run_blind_replay(args, seeds)
+    tasks = args.task or ["Lift"]
     if args.checkpoint:
         from xwam.policy import XWAMPolicy
 
@@ -75,6 +87,31 @@ def run(args: argparse.Namespace) -> int:
         )
         results.append(res)
     write_results(out, results)
+    print(markdown_table(results))
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+
+
+def _run_blind_replay(args: argparse.Namespace, seeds: list[int]) -> int:
+    from pathlib import Path
+
+    from xwam.evaluate import (
+        evaluate_blind_replay,
+        load_blind_replay,
+        markdown_table,
+        parse_replay_ref,
+        write_results,
+    )
+
+    root, episode = parse_replay_ref(args.blind_replay)
+    replay = load_blind_replay(root, episode)  # checked before any simulator starts
+    tasks = args.task or [replay.recorded_task or "Lift"]
+    print(f"{replay.label} ({len(replay.actions)} recorded actions"
+          + (f", recorded on seed {replay.recorded_seed}" if replay.recorded_seed is not None else "")
+          + f") on {tasks}, {args.episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
+    out = Path(args.out)
+    results = [evaluate_blind_replay(root, episode, task, seeds, args.max_steps, out / task) for task in tasks]
+    write_results(out, results, extra={"baseline": replay.describe()})
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

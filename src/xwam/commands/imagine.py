@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Imagines the future from frames of held-out episodes and compares with the recorded future: PSNR "
             "and SSIM on RGB (static views, as the paper reports, and all views), depth AbsRel and delta1, "
             "Chamfer distance of the fused clouds in metres, LPIPS when its weights are available locally. "
+            "Every clip is also scored for the frozen-present baseline (the current RGB-D frame of every view "
+            "repeated as the prediction of every future frame), with the same metrics, side by side. "
             "Writes metrics.json and metrics.md (per frame and averaged)."
         ),
     )
@@ -172,7 +174,7 @@ def run_eval_4d(args: argparse.Namespace) -> int:
 
     from xwam.data import open_dataset
     from xwam.geometry.metrics import evaluate_4d
-    from xwam.imagine import write_outputs
+    from xwam.imagine import frozen_present, write_outputs
 
     policy = _policy(args)
     m = policy.config.model
@@ -202,19 +204,23 @@ def run_eval_4d(args: argparse.Namespace) -> int:
         episode = cache[e]
         imag, truth = _imagine_from_episode(policy, episode, start, args, args.seed + i)
         metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
-        clips.append({"episode": e, "start": start, "metrics": metrics})
+        frozen = evaluate_4d(frozen_present(truth), truth.as_dict(), max_depth=args.max_depth, lpips=True)
+        clips.append({"episode": e, "start": start, "metrics": metrics, "baseline_frozen": frozen})
         if saved < args.save_clips:
             write_outputs(out / f"episode{e}_start{start}", imag, truth, fps=max(1.0, episode.fps / m.frame_skip),
                           near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics,
                           title=f"xwam eval-4d: episode {e}, start {start}")
             saved += 1
     summary = aggregate(clips)
-    payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), "clips": clips, "summary": summary}
+    frozen_summary = aggregate(clips, key="baseline_frozen")
+    payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), "clips": clips, "summary": summary,
+               "summary_baseline_frozen": frozen_summary}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     tmp.replace(out / "metrics.json")
-    (out / "metrics.md").write_text(markdown(summary, len(clips)))
-    print(markdown(summary, len(clips)))
+    table = markdown(summary, len(clips), baseline=frozen_summary)
+    (out / "metrics.md").write_text(table)
+    print(table)
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
 
@@ -222,8 +228,9 @@ def run_eval_4d(args: argparse.Namespace) -> int:
 METRICS = ("psnr", "ssim", "lpips", "abs_rel", "delta1", "chamfer")
 
 
-def aggregate(clips: list[dict]) -> dict:
-    """Per-frame curves averaged over clips, and means over the predicted frames (1..F-1).
+def aggregate(clips: list[dict], key: str = "metrics") -> dict:
+    """Per-frame curves averaged over clips, and means over the predicted frames (1..F-1), of the
+    ``evaluate_4d`` results stored under ``key`` in every clip (the model's, or a baseline's).
 
     Frame 0 is the observed frame (its RGB is given, so PSNR there is infinite); its depth is still a
     prediction and is shown in the per-frame table.
@@ -234,7 +241,7 @@ def aggregate(clips: list[dict]) -> dict:
 
     out = {}
     for group in ("static", "all"):
-        blocks = [c["metrics"][group] for c in clips if c["metrics"].get(group)]
+        blocks = [c[key][group] for c in clips if c.get(key) and c[key].get(group)]
         if not blocks:
             continue
         mean, per_frame = {}, {}
@@ -255,12 +262,30 @@ def aggregate(clips: list[dict]) -> dict:
     return out
 
 
-def markdown(summary: dict, n: int) -> str:
+BETTER = {"psnr": "higher", "ssim": "higher", "lpips": "lower", "abs_rel": "lower", "delta1": "higher",
+          "chamfer": "lower"}
+
+
+def _cell(block: dict | None, name: str) -> str:
+    value = (block or {}).get("mean", {}).get(name)
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def markdown(summary: dict, n: int, baseline: dict | None = None) -> str:
     lines = [f"4D quality over {n} clips: means over the predicted frames 1.. (PSNR in dB, Chamfer in metres)", "",
              "| views | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for group, block in summary.items():
-        cells = ["n/a" if block["mean"].get(k) is None else f"{block['mean'][k]:.4g}" for k in METRICS]
+        cells = [_cell(block, k) for k in METRICS]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    if baseline is not None:
+        groups = [g for g in ("static", "all") if g in summary or g in baseline]
+        header = " | ".join(f"model ({g}) | frozen present ({g})" for g in groups)
+        lines += ["", "Model against the frozen present (frame 0's RGB-D repeated as every future frame; "
+                  "the same clips and metrics):", "",
+                  f"| metric | better | {header} |", "|---" * (2 + 2 * len(groups)) + "|"]
+        for k in METRICS:
+            cells = " | ".join(f"{_cell(summary.get(g), k)} | {_cell(baseline.get(g), k)}" for g in groups)
+            lines.append(f"| {k} | {BETTER[k]} | {cells} |")
     lines += ["", "Per frame (all views; frame 0 is the observed frame, its depth is predicted):", "",
               "| frame | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     curves = summary.get("all", {}).get("per_frame", {})

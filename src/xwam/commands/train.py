@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="clip layout: the model config's, or the release's (9 frames, skip 4, 32 actions, augmentation)",
     )
     _bool_flag(p, "augment", "random crop + colour jitter (default: on with --clips release)")
+    a("--shift-augment", type=int, default=S, metavar="PIXELS",
+      help="random shift of every view by up to PIXELS (same offset for all frames of a clip; default 0: off)")
+    a("--codec-fit-clips", type=int, default=S,
+      help="clips the pca codec's basis is fitted on, evenly spaced over the data (default 512)")
     a(
         "--val-episodes",
         type=int,

@@ -73,6 +73,9 @@ class ClipConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.05
+    # random shift (pad by N pixels with the border values, crop back at a random offset; one offset per
+    # view for all its frames), the standard augmentation of image-based imitation; independent of augment
+    shift_pixels: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class ClipConfig:
             raise ValueError(f"image_dtype must be 'uint8' or 'float', got {self.image_dtype!r}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must lie in (0, 1], got {self.crop_scale}")
+        if self.shift_pixels < 0:
+            raise ValueError(f"shift_pixels must be >= 0, got {self.shift_pixels}")
 
     @property
     def span(self) -> int:
@@ -217,6 +222,8 @@ class ClipDataset(Dataset):
             extr = torch.from_numpy(np.stack([ep.extrinsics[c][frames] for c in cams]).astype(np.float32))
         if cfg.image_size is not None and tuple(images.shape[-2:]) != tuple(cfg.image_size):
             images, depth, intr = resize_views(images, depth, intr, tuple(cfg.image_size))
+        if cfg.shift_pixels:
+            images, depth, intr = random_shift_views(images, depth, intr, cfg.shift_pixels, gen)
         if cfg.augment:
             images, depth, intr = random_crop_views(images, depth, intr, cfg.crop_scale, gen)
             images = color_jitter_views(images, gen, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
@@ -323,6 +330,36 @@ def random_crop_views(
             out_depth.append(_resize(crop, (H, W), "nearest-exact")[:, 0])
         if intrinsics is not None:
             out_intr.append(crop_resize_intrinsics(intrinsics[v], x0, y0, cw, ch, W, H))
+    return (
+        torch.stack(out_images),
+        torch.stack(out_depth) if depth is not None else None,
+        torch.stack(out_intr) if intrinsics is not None else None,
+    )
+
+
+def random_shift_views(
+    images: torch.Tensor,
+    depth: torch.Tensor | None,
+    intrinsics: torch.Tensor | None,
+    pad: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per view: translate by up to ``pad`` pixels (border values fill in), same offset for every
+    frame, RGB and depth; the principal point moves with the image."""
+    V, Fr, C, H, W = images.shape
+    out_images, out_depth, out_intr = [], [], []
+    for v in range(V):
+        dy, dx = (int(torch.randint(2 * pad + 1, (1,), generator=generator)) for _ in range(2))
+        padded = F.pad(images[v].float(), (pad, pad, pad, pad), mode="replicate")[..., dy : dy + H, dx : dx + W]
+        out_images.append(padded.to(images.dtype))
+        if depth is not None:
+            out_depth.append(F.pad(depth[v][:, None].float(), (pad, pad, pad, pad), mode="replicate")
+                             [:, 0, dy : dy + H, dx : dx + W].to(depth.dtype))
+        if intrinsics is not None:
+            K = intrinsics[v].clone()
+            K[..., 0, 2] += pad - dx
+            K[..., 1, 2] += pad - dy
+            out_intr.append(K)
     return (
         torch.stack(out_images),
         torch.stack(out_depth) if depth is not None else None,

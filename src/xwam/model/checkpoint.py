@@ -1,6 +1,7 @@
 """xwam checkpoints: a folder with ``model.safetensors``, ``config.json`` and ``norm_stats.json``.
 
-Frozen codecs and text encoders are not stored (they are rebuilt from the config). Writes are
+Frozen codecs and text encoders are not stored (they are rebuilt from the config); a codec fitted
+on the training data (``pca``) is, as ``codec.safetensors``. Writes are
 atomic: everything goes to a temporary sibling folder that replaces the target in one rename, so a
 crash mid-save never leaves a half-written checkpoint in place of the previous one.
 """
@@ -23,6 +24,7 @@ from xwam.model.transformer import XWAMTransformer
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATS_FILE = "norm_stats.json"
+CODEC_FILE = "codec.safetensors"
 
 
 def is_xwam_checkpoint(path: str | Path) -> bool:
@@ -60,17 +62,40 @@ def save_checkpoint(
     config: XWAMConfig,
     norm_stats: dict[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
+    codec_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an xwam checkpoint folder atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write_dir(
+        path, lambda tmp: write_checkpoint_files(tmp, state, config, norm_stats, metadata, codec_state))
 
-    def write(tmp: Path) -> None:
-        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", **(metadata or {})})
-        config.to_json(tmp / CONFIG_FILE)
-        if norm_stats is not None:
-            (tmp / STATS_FILE).write_text(json.dumps(norm_stats, indent=2, sort_keys=True) + "\n")
 
-    return atomic_write_dir(path, write)
+def write_checkpoint_files(
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    config: XWAMConfig,
+    norm_stats: dict[str, Any] | None,
+    metadata: dict[str, str] | None = None,
+    codec_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """The files of one loadable checkpoint (weights, config, statistics, fitted codec) in ``folder``."""
+    save_file(state, str(folder / MODEL_FILE), metadata={"format": "pt", **(metadata or {})})
+    config.to_json(folder / CONFIG_FILE)
+    if norm_stats is not None:
+        (folder / STATS_FILE).write_text(json.dumps(norm_stats, indent=2, sort_keys=True) + "\n")
+    if codec_state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in codec_state.items()}, str(folder / CODEC_FILE))
+
+
+def load_codec_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The fitted codec stored in a checkpoint folder, or None when it has none."""
+    file = Path(path) / CODEC_FILE
+    if not file.exists():
+        return None
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error type for truncated files
+        raise ValueError(f"cannot read {file}: {exc}") from exc
 
 
 def load_checkpoint(
