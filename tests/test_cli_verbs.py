@@ -31,3 +31,17 @@ def test_presets_verb(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "wan22-ti2v-5b" in out and "tokens=761" in out
+
+
+@pytest.mark.parametrize("verb", ["eval", "imagine", "eval-4d", "diagnose"])
+def test_threads_option_sets_torch_threads_before_the_verb_runs(verb, monkeypatch, tmp_path, capsys):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    missing = str(tmp_path / "no-checkpoint")
+    extra = {"eval": ["--task", "Lift"], "imagine": ["--task", "Lift"], "eval-4d": ["--data", missing],
+             "diagnose": ["--data", missing]}[verb]
+    assert main([verb, "--threads", "1", "--checkpoint", missing, *extra]) == 2  # no checkpoint: a clear error
+    assert calls == [1]
+    assert "error" in capsys.readouterr().err

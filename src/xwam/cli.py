@@ -47,12 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# verbs whose --threads is applied here (train and demo pass theirs on to the trainer)
+THREADED_VERBS = ("eval", "imagine", "eval-4d", "diagnose")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "threads", None) and args.verb in THREADED_VERBS:
+        # Several torch processes on few cores oversubscribe them: measured ~20x slower policy calls
+        # with two evaluations side by side at torch's default thread count, none at 1 thread each.
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

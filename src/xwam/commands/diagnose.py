@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed: clip i uses seed + i (default 0)")
     p.add_argument("--out", default="out/diagnose", help="output folder (default out/diagnose)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.set_defaults(func=run)
 
 

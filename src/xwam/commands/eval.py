@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rollout MP4s to write per task (default 3; none for --blind-replay)")
     p.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.add_argument("--action-steps", type=int, default=None, help="override the sampler's action steps k")
     p.set_defaults(func=run)
 

@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="xwam checkpoint folder")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.add_argument("--video-steps", type=int, default=None, help="override the sampler's video steps N")
     p.add_argument("--max-depth", type=float, default=None, help="ignore depth beyond this many metres")
     p.add_argument("--voxel", type=float, default=0.005, help="voxel size (m) of the saved clouds (0: none)")

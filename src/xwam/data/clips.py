@@ -309,6 +309,14 @@ def resize_views(
     return images, depth, intrinsics
 
 
+def _stack_views(
+    images: list[torch.Tensor], depth: list[torch.Tensor], intrinsics: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-view results back into (V, ...) tensors; an empty list (no depth / cameras) gives None."""
+    return (torch.stack(images), torch.stack(depth) if depth else None,
+            torch.stack(intrinsics) if intrinsics else None)
+
+
 def random_crop_views(
     images: torch.Tensor,
     depth: torch.Tensor | None,
@@ -330,11 +338,7 @@ def random_crop_views(
             out_depth.append(_resize(crop, (H, W), "nearest-exact")[:, 0])
         if intrinsics is not None:
             out_intr.append(crop_resize_intrinsics(intrinsics[v], x0, y0, cw, ch, W, H))
-    return (
-        torch.stack(out_images),
-        torch.stack(out_depth) if depth is not None else None,
-        torch.stack(out_intr) if intrinsics is not None else None,
-    )
+    return _stack_views(out_images, out_depth, out_intr)
 
 
 def random_shift_views(
@@ -360,11 +364,7 @@ def random_shift_views(
             K[..., 0, 2] += pad - dx
             K[..., 1, 2] += pad - dy
             out_intr.append(K)
-    return (
-        torch.stack(out_images),
-        torch.stack(out_depth) if depth is not None else None,
-        torch.stack(out_intr) if intrinsics is not None else None,
-    )
+    return _stack_views(out_images, out_depth, out_intr)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
