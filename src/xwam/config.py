@@ -166,7 +166,7 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    """How the asynchronous sampler denoises (SPEC section 5)."""
+    """How the asynchronous sampler denoises (X-WAM paper, arXiv 2604.26694)."""
 
     video_steps: int = 50
     action_steps: int = 10
@@ -192,7 +192,7 @@ class SamplerConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Training-time noise distribution (SPEC section 5)."""
+    """Training-time noise distribution (X-WAM paper, arXiv 2604.26694)."""
 
     timestep_mode: TimestepMode = "ans"
     shift: float = 5.0

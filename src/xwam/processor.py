@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from xwam.codecs import InverseDepthEncoding, LatentCodec, build_codec, build_text_encoder
+from xwam.codecs import (
+    InverseDepthEncoding,
+    LatentCodec,
+    build_codec,
+    build_text_encoder,
+    uint8_to_unit,
+    unit_to_uint8,
+)
 from xwam.config import ModelConfig
 from xwam.data.stats import NormStats
 from xwam.diffusion.sampler import Conditioning
@@ -125,7 +132,7 @@ class XWAMProcessor:
     def encode_current_frame(self, images: torch.Tensor) -> torch.Tensor:
         """(B, V, H, W, 3) uint8 current frames -> (B, V, C, 1, h, w) latents (frame 0 alone)."""
         batch, views = images.shape[:2]
-        frames = images.to(self.device).float() / 127.5 - 1.0
+        frames = uint8_to_unit(images.to(self.device))
         frames = frames.permute(0, 1, 4, 2, 3).flatten(0, 1).unsqueeze(2)  # (B*V, 3, 1, H, W)
         return self.codec.encode_current_frame(frames).unflatten(0, (batch, views))
 
@@ -140,8 +147,8 @@ class XWAMProcessor:
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, V, C, T, h, w) latents -> (B, V, F, H, W, 3) uint8 images."""
         batch, views = latents.shape[:2]
-        frames = self.codec.decode(latents.flatten(0, 1).float()).clamp(-1, 1)  # (B*V, 3, F, H, W)
-        images = ((frames + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        frames = self.codec.decode(latents.flatten(0, 1).float())  # (B*V, 3, F, H, W)
+        images = unit_to_uint8(frames).permute(0, 2, 3, 4, 1)
         return images.unflatten(0, (batch, views))
 
     @torch.no_grad()
@@ -206,7 +213,7 @@ FITTED_CODECS = ("pca",)
 
 def _flat_frames(images: torch.Tensor) -> torch.Tensor:
     """(B, V, F, 3, H, W) uint8 or float in [-1, 1] -> (B*V, 3, F, H, W) float frames."""
-    frames = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+    frames = uint8_to_unit(images) if images.dtype == torch.uint8 else images.float()
     return frames.permute(0, 1, 3, 2, 4, 5).flatten(0, 1)
 
 

@@ -31,7 +31,7 @@ Run folder layout (``TrainConfig.out``)::
     checkpoints/latest -> step-00000100               symlink, replaced atomically
 
 Learning-rate defaults: 1e-5 when initialising from pretrained weights (``--init``; the release's
-fine-tuning value, SPEC section 6), 3e-4 when training from scratch (the CPU presets: a small
+fine-tuning value, the X-WAM release), 3e-4 when training from scratch (the CPU presets: a small
 transformer from random init tolerates and needs a much larger step).
 """
 
@@ -79,7 +79,7 @@ SUMMARY_FILE = "train_summary.json"  # planned vs done steps, time, whether a ti
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 
-# PEFT targets in the Wan blocks (SPEC section 2): attention projections and the FFN.
+# PEFT targets in the Wan blocks (Wan2.2-TI2V-5B layout): attention projections and the FFN.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 PRETRAINED_LR = 1e-5
 SCRATCH_LR = 3e-4

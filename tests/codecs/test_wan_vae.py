@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from xwam.codecs import LatentCodec, WanVAECodec, build_codec
 from xwam.config import ModelConfig, replace
 
-# The tiny Wan2.2-shaped VAE of SPEC section 2: same layout as the real one (48 channels,
+# The tiny Wan2.2-shaped VAE used by the tests: same layout as the real one (48 channels,
 # 16x16 spatial, 4x temporal compression, patch 2, residual), ~1 M parameters.
 TINY_VAE_CONFIG = {
     "base_dim": 16,

@@ -10,7 +10,7 @@ from xwam.model.checkpoint import load_checkpoint, save_checkpoint
 from xwam.model.loading import build_from_wan, load_release_checkpoint, load_wan_backbone
 from xwam.model.transformer import XWAMTransformer
 
-# Diffusers -> Wan-original names, written out independently of the loader (SPEC section 2).
+# Diffusers -> Wan-original names, written out independently of the loader (Wan2.2-TI2V-5B layout).
 TO_ORIGINAL = [
     (r"attn1\.to_q\.", "self_attn.q."), (r"attn1\.to_k\.", "self_attn.k."), (r"attn1\.to_v\.", "self_attn.v."),
     (r"attn1\.to_out\.0\.", "self_attn.o."), (r"attn1\.norm_q\.", "self_attn.norm_q."),

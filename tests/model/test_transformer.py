@@ -7,7 +7,7 @@ from xwam.model.transformer import TIME_SCALE, XWAMTransformer, wan_backbone_kwa
 
 
 def spec_tiny_model_config(**changes) -> ModelConfig:
-    """The tiny Wan2.2-shaped DiT of SPEC section 2: 2 heads x 12, in/out 48, text 32, ffn 32, 2 layers."""
+    """The tiny Wan2.2-shaped DiT used by the tests: 2 heads x 12, in/out 48, text 32, ffn 32, 2 layers."""
     base = dict(
         num_views=1, image_height=32, image_width=32, num_frames=3, frame_skip=2, action_horizon=4,
         action_dim=7, state_dim=8, codec="pixel", latent_channels=48, spatial_compression=4,

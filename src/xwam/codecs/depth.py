@@ -1,6 +1,6 @@
 """Depth maps as codec input: metric depth <-> 3-channel frames in [-1, 1], and back.
 
-Representation (SPEC section 4): like the release, depth is fed to the same frozen image codec as
+Representation (X-WAM paper, arXiv 2604.26694): like the release, depth is fed to the same frozen image codec as
 *inverse depth*, one channel replicated to three. Unlike the release (whose normalisation range is
 undocumented) we fix a metric range [near, far] so predictions map back to metres exactly:
 

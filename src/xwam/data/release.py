@@ -1,4 +1,4 @@
-"""Reader for the X-WAM release dataset layout (SPEC section 6), mapped to :class:`Episode`.
+"""Reader for the X-WAM release dataset layout (the X-WAM release), mapped to :class:`Episode`.
 
 Layout::
 

@@ -5,7 +5,7 @@ linear interpolation), unless a dataset has more than ``max_frames`` frames, in 
 seeded uniform sample of ``max_frames`` frames is used (the q01/q99 of a uniform sample of n
 frames is within about ``sqrt(q (1 - q) / n)`` in quantile rank: 0.0002 for 2 M frames).
 
-Normalisation (SPEC section 6):
+Normalisation (the X-WAM release):
 - state: xyz and gripper -> ``2 (x - q01) / (q99 - q01) - 1`` (q01 -> -1, q99 -> +1); quaternion
   dimensions are left raw.
 - action: ``x / b`` with ``b = max(|q01|, |q99|)``, so 0 stays 0 ("no motion").

@@ -1,7 +1,7 @@
 """Asynchronous Noise Sampling: the joint training distribution of (video, action) noise levels.
 
 At inference actions are denoised in a few steps while the video is still very noisy, so training
-draws t_video >= t_action, concentrated near noisy video (SPEC section 5):
+draws t_video >= t_action, concentrated near noisy video (X-WAM paper, arXiv 2604.26694):
 
 1. with probability p (0.5): t_action = 0 (clean actions, action-conditioned video continuation),
    t_video ~ U(0, 1); action and state losses are dropped for such samples;

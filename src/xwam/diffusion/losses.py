@@ -1,4 +1,4 @@
-"""The X-WAM training objective (SPEC section 3); all weights 1 unless ``weights`` says otherwise.
+"""The X-WAM training objective (X-WAM paper, arXiv 2604.26694); all weights 1 unless ``weights`` says otherwise.
 
 - video: velocity MSE over latent frames 1.. (frame 0 is the clean observation);
 - state: velocity MSE over tokens 1.. times per-dimension validity masks;

@@ -1,4 +1,4 @@
-"""The asynchronous sampler: few steps for actions, the full schedule for video (SPEC section 5).
+"""The asynchronous sampler: few steps for actions, the full schedule for video (X-WAM paper, arXiv 2604.26694).
 
 Two streams with their own sigma grids: video (N steps) and actions+states (k steps). Model call
 i uses the video sigma i and, while i < k, the action sigma i; afterwards actions and states are

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from xwam.config import ModelConfig
 from xwam.model.transformer import XWAMTransformer, wan_backbone_kwargs
 
-# Wan original -> diffusers names inside one transformer block (SPEC section 2). The cross-attention
+# Wan original -> diffusers names inside one transformer block (Wan2.2-TI2V-5B layout). The cross-attention
 # LayerNorm is `norm3` in Wan and `norm2` in diffusers; the (weightless) FFN norm is the other way.
 _BLOCK_RENAMES = [
     (r"^self_attn\.q\.", "attn1.to_q."),
