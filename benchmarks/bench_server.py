@@ -14,11 +14,9 @@ measures the server's own overhead; its rows are labelled as such.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from xwam.atomic import atomic_write_json
 from xwam.serve.client import PolicyClient
 from xwam.serve.server import PolicyServer, ServerThread
 
@@ -129,19 +128,6 @@ def load_policy(args: argparse.Namespace) -> tuple[Any, str]:
     return policy, f"XWAMPolicy {args.checkpoint} (preset {policy.config.preset}, {where})"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for error in r["errors"]:
             print(f"  error: {error}")
-    write_json_atomic(args.json, result)
+    atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
     return 1 if any(r["errors"] for r in rounds) else 0
 

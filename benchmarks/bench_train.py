@@ -1,7 +1,7 @@
 """Training throughput benchmark: samples/s, s/step and peak memory per preset on this device.
 
 Times full optimizer steps (forward, backward, gradient clipping, AdamW) of the trainer's
-global-batch objective (``xwam.train.loss_sums``) on synthetic latents of each preset's exact shapes,
+global-batch objective (``xwam.diffusion.objective.loss_sums``) on synthetic latents of each preset's exact shapes,
 so it measures the model, not the data pipeline or codec. Presets: tiny and small everywhere;
 wan22-ti2v-5b only when CUDA is present (use --lora-rank / --gradient-checkpointing / bf16 to fit
 one GPU: full AdamW fine-tuning of the 6.7 B model needs FSDP across GPUs).
@@ -25,7 +25,7 @@ import torch
 
 
 def synthetic_inputs(cfg: Any, batch: int, device: torch.device, with_depth: bool) -> Any:
-    from xwam.processor import TrainingInputs
+    from xwam.diffusion.objective import TrainingInputs
 
     g = torch.Generator().manual_seed(0)
     shape = (
@@ -56,8 +56,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from xwam.config import get_preset
+    from xwam.diffusion.objective import draw_noise, loss_sums, loss_weight_tensor, weighted_loss
     from xwam.model.transformer import XWAMTransformer
-    from xwam.train import apply_lora, loss_sums, prepare_batch
+    from xwam.train.parallel import apply_lora
 
     cfg = get_preset(name)
     torch.manual_seed(0)
@@ -76,14 +77,14 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     seeds = list(range(args.batch_size))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
+    weights = loss_weight_tensor(cfg.diffusion)
+
     def step() -> None:
-        batch = prepare_batch(inputs, seeds, cfg.diffusion, device)
-        counts = batch.counts().clamp_min(1.0).to(device)
+        noise = draw_noise(seeds, inputs.video.shape[1:], inputs.actions.shape[1:], inputs.states.shape[1:],
+                           cfg.diffusion)
         with autocast:
-            sums = loss_sums(model, batch)
-            loss = sum(
-                sums[k].float() / counts[i] for i, k in enumerate(("video", "action", "state", "depth"))
-            )
+            sums, counts = loss_sums(model, inputs, noise)
+            loss = weighted_loss(sums.float(), counts, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

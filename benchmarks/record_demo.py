@@ -15,6 +15,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from xwam.atomic import atomic_write_json
+
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
@@ -57,10 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_lift_cpu.json")
     args = parser.parse_args()
     record = collect(args.demo)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_json(args.out, record)
     print(json.dumps({k: record.get(k) for k in ("success", "eval_4d", "vision_check")}, indent=2))
     print(f"wrote {args.out}")
 

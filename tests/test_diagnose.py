@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -41,8 +42,8 @@ def _checkpoint(root: Path, data: Path, blind: str | None = None, size: int = 16
     from xwam.data.stats import load_dataset_norm_stats
 
     preset = get_preset("tiny")
-    preset.model.camera_names = CAMERAS
-    preset.model.image_height = preset.model.image_width = size
+    preset = dataclasses.replace(preset, model=dataclasses.replace(
+        preset.model, camera_names=CAMERAS, image_height=size, image_width=size))
     torch.manual_seed(0)
     model = XWAMTransformer(preset.model)
     with torch.no_grad():

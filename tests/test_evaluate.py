@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -14,8 +15,8 @@ from xwam.model.transformer import XWAMTransformer
 @pytest.fixture(scope="module")
 def sim_checkpoint(tmp_path_factory):
     preset = get_preset("tiny")
-    preset.model.camera_names = ["robot0_agentview_left", "robot0_eye_in_hand"]
-    preset.model.image_height = preset.model.image_width = 32
+    preset = dataclasses.replace(preset, model=dataclasses.replace(
+        preset.model, camera_names=["robot0_agentview_left", "robot0_eye_in_hand"], image_height=32, image_width=32))
     torch.manual_seed(0)
     model = XWAMTransformer(preset.model)
     rng = np.random.default_rng(0)
@@ -29,7 +30,7 @@ def sim_checkpoint(tmp_path_factory):
 def test_eval_runs_episodes_end_to_end_and_writes_its_table(sim_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["eval", "--checkpoint", str(sim_checkpoint), "--task", "Lift", "--episodes", "2",
-                 "--max-steps", "6", "--videos", "1", "--replan-every", "2", "--rtc-delay", "1", "--out", str(out)])
+                 "--max-steps", "6", "--videos", "1", "--replan-every", "2", "--rtc-delay", "1", "--action-steps", "2", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     (task,) = results["tasks"]

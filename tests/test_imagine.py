@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -23,8 +24,8 @@ def lift32(tmp_path_factory):
     write_episodes(root, collect_expert_episodes("Lift", range(2), height=32, width=32, max_steps=24))
     write_dataset_stats(root, images=False)
     preset = get_preset("tiny")
-    preset.model.num_views, preset.model.camera_names = 3, CAMERAS
-    preset.model.image_height = preset.model.image_width = 32
+    preset = dataclasses.replace(preset, model=dataclasses.replace(
+        preset.model, num_views=3, camera_names=CAMERAS, image_height=32, image_width=32))
     torch.manual_seed(0)
     ckpt = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(ckpt, XWAMTransformer(preset.model), preset, norm_stats=load_dataset_norm_stats(root).to_dict())
@@ -119,7 +120,7 @@ def test_eval_4d_scores_the_frozen_present_beside_the_model(lift32, tmp_path, mo
     import xwam.commands.imagine as cmd
     from xwam.imagine import Imagination, clip_from_episode, frozen_present
 
-    def predicts_the_present(policy, episode, start, args, seed):
+    def predicts_the_present(policy, episode, start, seed, **_):
         m = policy.config.model
         truth = clip_from_episode(episode, start, m.num_frames, m.frame_skip, m.action_horizon, policy.camera_names)
         still = frozen_present(truth)

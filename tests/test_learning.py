@@ -6,6 +6,8 @@ samples 2 and 3 share one observation but carry different action chunks, so the 
 two-mode action distribution there, on which real-time chunking must follow the committed prefix.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -60,7 +62,8 @@ def trained():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS)
     g = torch.Generator().manual_seed(0)
-    preset.diffusion.action_prefix_prob = 0.3  # teach continuation from committed actions quickly
+    # teach continuation from committed actions quickly
+    preset = dataclasses.replace(preset, diffusion=dataclasses.replace(preset.diffusion, action_prefix_prob=0.3))
     for _ in range(STEPS):
         losses = training_losses(model, video, text, actions, states, cfg=preset.diffusion, depth=depth, generator=g)
         opt.zero_grad()

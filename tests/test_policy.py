@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ def make_stats(cfg, seed=0):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     preset = get_preset("tiny")
-    preset.model.camera_names = CAMERAS
+    preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, camera_names=CAMERAS))
     torch.manual_seed(0)
     model = XWAMTransformer(preset.model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -94,3 +96,31 @@ def test_real_time_chunking_honours_the_committed_prefix(tiny_checkpoint):
     np.testing.assert_allclose(nxt[1], committed[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rtc_delay"):
         XWAMPolicy.from_checkpoint(tiny_checkpoint, replan_every=2, rtc_delay=10)
+
+
+def test_with_sampler_builds_a_validated_copy(tiny_checkpoint):
+    policy = XWAMPolicy.from_checkpoint(tiny_checkpoint, replan_every=2)
+    fewer = policy.with_sampler(action_steps=2)
+    assert fewer.config.sampler.action_steps == 2 and policy.config.sampler.action_steps == 4
+    assert fewer.sampler.cfg is fewer.config.sampler and fewer.model is policy.model
+    assert fewer.chunker.replan_every == 2
+    assert fewer.infer(observation(fewer))["timing"]["dit_calls"] == 2
+    with pytest.raises(ValueError, match="cannot exceed"):
+        policy.with_sampler(action_steps=99)
+
+
+def test_infer_batch_gives_each_observation_its_own_prefix(tiny_checkpoint):
+    policy = XWAMPolicy.from_checkpoint(tiny_checkpoint)
+    a = policy.config.model.action_dim
+    rng = np.random.default_rng(3)
+    prefixes = [rng.normal(size=(3, a)).astype(np.float32), None, rng.normal(size=(1, a)).astype(np.float32)]
+    observations = [{**observation(policy, seed=i), "action_prefix": p} for i, p in enumerate(prefixes)]
+    outputs = policy.infer_batch(observations)
+    for out, prefix in zip(outputs, prefixes):
+        if prefix is not None:
+            np.testing.assert_allclose(out["actions"][: len(prefix)], prefix, rtol=1e-5, atol=1e-5)
+    # the keyword form of infer is the same as the observation's own field
+    np.testing.assert_allclose(policy.infer(observation(policy), action_prefix=prefixes[2])["actions"][:1],
+                               prefixes[2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="action_prefix"):
+        policy.infer(observation(policy), action_prefix=np.zeros((9, a), np.float32))

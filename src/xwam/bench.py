@@ -12,18 +12,22 @@ Each prints a table with ratios and returns a JSON-able dict.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from xwam.atomic import atomic_write_json
+from xwam.codecs import NoTextEncoder, PatchPCACodec
 from xwam.config import SamplerConfig, XWAMConfig, get_preset
+from xwam.data.stats import NormStats
 from xwam.diffusion.sampler import AsyncSampler, Conditioning
 from xwam.model.transformer import TIME_SCALE, XWAMTransformer
+from xwam.processor import XWAMProcessor
 
 
 def _sync(device: torch.device) -> None:
@@ -55,13 +59,20 @@ def build_random_model(preset: str, device: str, dtype: torch.dtype, overrides: 
 
 
 def random_conditioning(cfg: XWAMConfig, device: str, batch: int = 1, seed: int = 0) -> Conditioning:
+    """Conditioning from random observations, through the processor the policy uses. The codec is
+    a random linear patch basis of the preset's latent shape and the text encoder gives zeros: cheap
+    for every preset (no VAE or text weights) and the shapes, which are what a benchmark times, match."""
     m = cfg.model
     g = torch.Generator(device="cpu").manual_seed(seed)
-    return Conditioning(
-        video0=torch.randn(batch, m.num_views, m.latent_channels, 1, m.latent_height, m.latent_width, generator=g).to(device),
-        state0=torch.randn(batch, m.state_dim, generator=g).to(device),
-        text=torch.randn(batch, m.text_len, m.text_dim, generator=g).to(device),
-    )
+    rng = np.random.default_rng(seed)
+    patch = 3 * m.spatial_compression**2
+    basis = torch.linalg.qr(torch.randn(patch, m.latent_channels, generator=g))[0].T  # orthonormal (C, 3*s*s)
+    codec = PatchPCACodec(m.spatial_compression, torch.zeros(patch), basis, scale=1.0)
+    stats = NormStats.from_arrays(rng.normal(size=(64, m.state_dim)), rng.normal(size=(64, m.action_dim)))
+    processor = XWAMProcessor(m, codec, NoTextEncoder(m.text_dim, m.text_len), stats, device)
+    images = rng.integers(0, 256, (batch, m.num_views, m.image_height, m.image_width, 3), dtype=np.uint8)
+    states = rng.normal(size=(batch, m.state_dim)).astype(np.float32)
+    return processor.conditioning(images, states, [""] * batch, unconditional_text=cfg.sampler.guidance_scale != 1.0)
 
 
 def _stats(times: list[float]) -> dict[str, float]:
@@ -148,8 +159,4 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def write_json(path: str | Path, reports: list[dict[str, Any]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reports, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, reports)

@@ -6,7 +6,6 @@ overridden field by field from the command line (``--set model.num_layers=4``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,7 +17,7 @@ SolverName = Literal["unipc", "euler"]
 TimestepMode = Literal["ans", "independent", "synchronous"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the shape of an X-WAM model.
 
@@ -70,8 +69,9 @@ class ModelConfig:
     text_len: int = 512
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(int(p) for p in self.patch_size)  # JSON gives lists back
-        self.camera_names = list(self.camera_names)
+        # frozen: normalise in place once, here (JSON gives lists back)
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "camera_names", list(self.camera_names))
         self.validate()
 
     # ---- derived quantities -------------------------------------------------------------
@@ -164,9 +164,11 @@ class ModelConfig:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
-    """How the asynchronous sampler denoises (X-WAM paper, arXiv 2604.26694)."""
+    """How the asynchronous sampler denoises (X-WAM paper, arXiv 2604.26694).
+
+    Frozen: change one with ``dataclasses.replace``, which validates the result again."""
 
     video_steps: int = 50
     action_steps: int = 10
@@ -176,7 +178,8 @@ class SamplerConfig:
     # "policy": stop after the action steps, depth off; "4d": all video steps, depth on
     mode: Literal["policy", "4d"] = "policy"
     depth: bool = True  # only used in 4d mode
-    cfg_scale: float = 1.0
+    # classifier-free guidance on the instruction (1: off; otherwise each call runs twice)
+    guidance_scale: float = 1.0
     # synchronous baseline: actions follow the video grid (for ablations and benchmarks)
     synchronous: bool = False
 
@@ -189,8 +192,23 @@ class SamplerConfig:
                 "the action grid runs alongside the first calls of the video grid"
             )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:
+        """Also reads configs written under the old field names (``SAMPLER_RENAMED``)."""
+        data = dict(data)
+        for old, new in SAMPLER_RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"sampler config has both {old} and {new} (the same field)")
+                data[new] = data.pop(old)
+        return _build(cls, data)
 
-@dataclass
+
+# old sampler field names -> current ones, still read from checkpoints' config.json and --set
+SAMPLER_RENAMED = {"cfg_scale": "guidance_scale"}
+
+
+@dataclass(frozen=True)
 class DiffusionConfig:
     """Training-time noise distribution (X-WAM paper, arXiv 2604.26694)."""
 
@@ -216,7 +234,7 @@ class DiffusionConfig:
                 "state": self.state_loss_weight, "depth": self.depth_loss_weight}
 
 
-@dataclass
+@dataclass(frozen=True)
 class XWAMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -236,7 +254,7 @@ class XWAMConfig:
     def from_dict(cls, data: dict[str, Any]) -> XWAMConfig:
         return cls(
             model=_build(ModelConfig, data.get("model", {})),
-            sampler=_build(SamplerConfig, data.get("sampler", {})),
+            sampler=SamplerConfig.from_dict(data.get("sampler", {})),
             diffusion=_build(DiffusionConfig, data.get("diffusion", {})),
             preset=data.get("preset", "custom"),
         )
@@ -253,6 +271,8 @@ class XWAMConfig:
                 raise ValueError(f"override {item!r} must look like section.field=value (e.g. model.num_layers=4)")
             key, raw = item.split("=", 1)
             section, name = key.split(".", 1)
+            if section == "sampler":
+                name = SAMPLER_RENAMED.get(name, name)
             if section not in ("model", "sampler", "diffusion"):
                 raise ValueError(f"unknown config section {section!r} in {item!r}")
             valid = {f.name for f in fields(type(getattr(self, section)))}
@@ -351,8 +371,3 @@ def get_preset(name: str) -> XWAMConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    """dataclasses.replace re-exported for convenience (re-runs validation)."""
-    return dataclasses.replace(cfg, **changes)

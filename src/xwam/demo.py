@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xwam.atomic import atomic_write_json
+
 STAGES = ("collect", "train", "eval", "baseline", "imagine", "diagnose", "report")
 # training steps per second of the small preset at batch 8 on the reference 2-core CPU (for the estimate)
 STEPS_PER_S_REFERENCE = 3.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoConfig:
     task: str = "Lift"
     out: str = "runs/demo"
@@ -80,10 +82,7 @@ class Stage:
         return json.loads(self.marker.read_text()) if self.done else {}
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        tmp.replace(self.marker)
+        atomic_write_json(self.marker, summary, default=str)
         return summary
 
     def announce(self, text: str, estimate_s: float | None = None) -> None:
@@ -93,11 +92,9 @@ class Stage:
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    from xwam.cli import main as cli
-
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    atomic_write_json(root / "demo_config.json", asdict(cfg))
     started = time.time()
     stage = {name: Stage(root, name, i + 1, started) for i, name in enumerate(STAGES)}
     if cfg.threads:
@@ -121,15 +118,16 @@ def run_demo(cfg: DemoConfig) -> Path:
                    f"{m.image_height}x{m.image_width}, 3 RGB-D cameras",
                    # measured: ~3.6 s per Lift episode at 64x64, ~6.4 s at 128x128
                    estimate_s=3.6 * (cfg.episodes + cfg.heldout_episodes) * (m.image_height * m.image_width / 4096) ** 0.5)
-        common = ["--task", cfg.task, "--height", str(m.image_height), "--width", str(m.image_width)]
-        if cams:
-            common += ["--cameras", *cams]
-        if cfg.quick:
-            common += ["--max-steps", "60"]
-        _check(cli(["collect", *common, "--episodes", str(cfg.episodes), "--out", str(root / "data"),
-                    "--seed", str(cfg.seed)]), "collect")
-        _check(cli(["collect", *common, "--episodes", str(cfg.heldout_episodes), "--out", str(root / "heldout"),
-                    "--seed", str(100_000 + cfg.seed)]), "collect held-out")
+        from xwam.commands.collect import collect
+
+        for what, episodes, folder, first_seed in (("collect", cfg.episodes, "data", cfg.seed),
+                                                   ("collect held-out", cfg.heldout_episodes, "heldout", 100_000 + cfg.seed)):
+            stored = collect(cfg.task, episodes, root / folder, height=m.image_height, width=m.image_width,
+                             first_seed=first_seed, cameras=list(cams) if cams else None,
+                             max_steps=60 if cfg.quick else None)
+            if stored < episodes:
+                raise RuntimeError(f"the {what} stage stored {stored} of {episodes} episodes (the expert failed too "
+                                   "often); re-run the demo to resume")
         s.finish({"seconds": time.time() - t0})
     timings["collect"] = s.summary().get("seconds", 0.0)
 
@@ -168,13 +166,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     else:
         s.announce(f"{cfg.eval_episodes} closed-loop episodes on held-out seeds {cfg.eval_seed}..",
                    estimate_s=8.0 * cfg.eval_episodes)
-        args = ["eval", "--checkpoint", str(checkpoint), "--task", cfg.task, "--episodes", str(cfg.eval_episodes),
-                "--seed", str(cfg.eval_seed), "--videos", str(cfg.videos), "--out", str(root / "eval")]
-        if cfg.replan_every:
-            args += ["--replan-every", str(cfg.replan_every)]
-        if cfg.eval_max_steps:
-            args += ["--max-steps", str(cfg.eval_max_steps)]
-        _check(cli(args), "eval")
+        from xwam.commands.eval import eval_policy
+
+        eval_policy(checkpoint, tasks=[cfg.task], episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                    max_steps=cfg.eval_max_steps or None, replan_every=cfg.replan_every or None,
+                    videos=cfg.videos, out=root / "eval")
         s.finish({"seconds": time.time() - t0})
     timings["eval"] = s.summary().get("seconds", 0.0)
 
@@ -201,9 +197,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         s.announce("already done, skipped")
     else:
         s.announce("4D futures of held-out episodes and their quality (eval-4d)", estimate_s=60)
-        args = ["eval-4d", "--checkpoint", str(checkpoint), "--data", str(root / "heldout"), "--episodes", ":",
-                "--starts", "2", "--save-clips", "2", "--out", str(root / "eval4d")]
-        _check(cli(args), "eval-4d")
+        from xwam.commands.imagine import eval_4d
+
+        eval_4d(checkpoint, root / "heldout", root / "eval4d", episodes=":", starts=2, save_clips=2)
         s.finish({"seconds": time.time() - t0})
     timings["imagine"] = s.summary().get("seconds", 0.0)
 
@@ -228,11 +224,6 @@ def run_demo(cfg: DemoConfig) -> Path:
     s.finish({"report": str(path)})
     print(f"\nreport: {path}")
     return path
-
-
-def _check(code: int, what: str) -> None:
-    if code != 0:
-        raise RuntimeError(f"the {what} stage failed (exit code {code}); fix the cause and re-run the demo to resume")
 
 
 def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[str, float], total_s: float) -> Path:

@@ -24,13 +24,14 @@ If ``other_images`` scores about like ``true`` the policy hardly looks at its ca
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xwam.atomic import atomic_write_json, atomic_write_text
+from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
 
 CONDITIONS = ("true", "other_images", "other_state", "blind_chunk")
 DESCRIPTIONS = {
@@ -121,7 +122,7 @@ def vision_check(
     from tqdm import tqdm
 
     from xwam.data import open_dataset
-    from xwam.policy import IMAGE_PREFIX, XWAMPolicy
+    from xwam.policy import XWAMPolicy
 
     policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
     m = policy.config.model
@@ -174,8 +175,8 @@ def vision_check(
         del ep
 
     def observation(images: dict[str, np.ndarray], state: np.ndarray, prompt: str) -> dict[str, Any]:
-        obs: dict[str, Any] = {IMAGE_PREFIX + c: images[c] for c in cams}
-        obs.update({"observation/state": state, "prompt": prompt})
+        obs: dict[str, Any] = {OBS_IMAGE_PREFIX + c: images[c] for c in cams}
+        obs.update({OBS_STATE_KEY: state, "prompt": prompt})
         return obs
 
     clips = []
@@ -259,17 +260,10 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # a reader (the demo report) never sees half a file
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(out: str | Path, result: dict[str, Any]) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "diagnose.json", "md": out / "diagnose.md"}
-    _atomic_write(paths["json"], json.dumps(result, indent=2) + "\n")
-    _atomic_write(paths["md"], markdown(result))
+    atomic_write_json(paths["json"], result)  # a reader (the demo report) never sees half a file
+    atomic_write_text(paths["md"], markdown(result))
     return paths

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from xwam.atomic import atomic_path, atomic_write_json, atomic_write_text
+from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
+
 
 @dataclass
 class EpisodeResult:
@@ -59,8 +62,8 @@ class TaskResult:
 
 def observation_dict(sim_obs: Any, camera_names: Sequence[str], prompt: str) -> dict[str, Any]:
     """A simulator observation in the openpi layout the policy and the server accept."""
-    obs: dict[str, Any] = {f"observation/images/{c}": sim_obs.rgb[c] for c in camera_names}
-    obs["observation/state"] = np.asarray(sim_obs.state, np.float32)
+    obs: dict[str, Any] = {OBS_IMAGE_PREFIX + c: sim_obs.rgb[c] for c in camera_names}
+    obs[OBS_STATE_KEY] = np.asarray(sim_obs.state, np.float32)
     obs["prompt"] = prompt
     return obs
 
@@ -77,13 +80,12 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
     arr = np.stack(frames)
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    tmp = path.with_suffix(".tmp.mp4")
-    enc = VideoEncoder(tmp, width=arr.shape[2], height=arr.shape[1], fps=fps, crf=23)
-    try:
-        enc.write(arr)
-    finally:
-        enc.close()
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        enc = VideoEncoder(tmp, width=arr.shape[2], height=arr.shape[1], fps=fps, crf=23)
+        try:
+            enc.write(arr)
+        finally:
+            enc.close()
 
 
 def run_episode(
@@ -212,10 +214,8 @@ def write_results(out: Path, results: Sequence[TaskResult], extra: dict[str, Any
     payload: dict[str, Any] = {"policy": labels[0]} if len(labels) == 1 else {}
     payload.update({"tasks": [r.summary() for r in results],
                     "episodes": {r.task: [asdict(e) for e in r.episodes] for r in results}, **(extra or {})})
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out / "results.json")
-    (out / "results.md").write_text(markdown_table(results))
+    atomic_write_json(out / "results.json", payload)
+    atomic_write_text(out / "results.md", markdown_table(results))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ transform T_ee_cam read off the current observation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from xwam.atomic import atomic_write_json
 from xwam.data.episode import Episode
+from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
 from xwam.geometry.pointcloud import fuse_views
 from xwam.geometry.transforms import ee_pose_from_state, wrist_camera_poses
 from xwam.policy import XWAMPolicy
@@ -129,15 +130,16 @@ def imagine(
 
     processor = policy.processor
     cams = policy.camera_names
-    obs = {f"observation/images/{c}": images[c] for c in cams}
-    obs.update({"observation/state": np.asarray(state, np.float32), "prompt": instruction})
+    obs = {OBS_IMAGE_PREFIX + c: images[c] for c in cams}
+    obs.update({OBS_STATE_KEY: np.asarray(state, np.float32), "prompt": instruction})
     policy.validate(obs)
     missing = [c for c in cams if c not in intrinsics or c not in extrinsics]
     if missing:
         raise ValueError(f"camera calibration missing for {missing}")
     t0 = time.perf_counter()
-    images_batch = torch.as_tensor(np.stack([images[c] for c in cams]))[None]  # (1, V, H, W, 3)
-    conditioning = processor.conditioning(images_batch, np.asarray(state, np.float32)[None], [instruction])
+    images_batch = np.stack([images[c] for c in cams])[None]  # (1, V, H, W, 3)
+    conditioning = processor.conditioning(images_batch, np.asarray(state, np.float32)[None], [instruction],
+                                          unconditional_text=policy.config.sampler.guidance_scale != 1.0)
     gen = torch.Generator(device=processor.device).manual_seed(seed)
     result = policy.sampler.sample(conditioning, mode="4d", depth=True, generator=gen)
     t1 = time.perf_counter()
@@ -222,7 +224,7 @@ def write_outputs(out: str | Path, imag: Imagination, truth: ClipTruth | None, *
         summary["frame_indices"] = truth.frame_indices.tolist()
     if metrics is not None:
         summary["metrics"] = metrics
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "summary.json", summary)
     report = HtmlReport(title)
     report.add_heading(title)
     report.add_text(f"Instruction: {imag.instruction!r}. Rows: {', '.join(imag.camera_names)}. "

@@ -13,6 +13,7 @@ Observations follow the openpi conventions: per-camera uint8 HWC images either n
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,14 +24,15 @@ import numpy as np
 import torch
 
 from xwam.config import SamplerConfig, XWAMConfig
+from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
 from xwam.data.stats import NormStats
-from xwam.diffusion.sampler import AsyncSampler, Conditioning
+from xwam.diffusion.sampler import AsyncSampler
 from xwam.model.checkpoint import load_checkpoint, load_codec_state
 from xwam.model.transformer import XWAMTransformer
-from xwam.processor import XWAMProcessor
+from xwam.processor import XWAMProcessor, check_action_prefix
 
-IMAGE_PREFIX = "observation/images/"
-STATE_KEYS = ("state", "observation/state")
+# the nested state key first, then the flat one
+STATE_KEYS = ("state", OBS_STATE_KEY)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class XWAMPolicy:
         self.chunker = ActionChunker(lambda obs, prefix: self.infer(obs, action_prefix=prefix)["actions"],
                                      mcfg.action_horizon, replan_every, rtc_delay)
         self.default_prompt = default_prompt
+        self.seed = seed
         self.generator = torch.Generator(device=processor.device).manual_seed(seed)
         self.last_timing: PolicyTiming | None = None
 
@@ -123,10 +126,18 @@ class XWAMPolicy:
         if stats is None:
             raise ValueError(f"{path} has no norm_stats.json: a policy needs the training normalisation")
         if sampler is not None:
-            config.sampler = sampler
+            config = dataclasses.replace(config, sampler=sampler)
         processor = XWAMProcessor.build(config.model, NormStats.from_dict(stats), vae_path=vae_path,
                                         text_path=text_path, device=device, codec_state=load_codec_state(path))
         return cls(model, config, processor, **kwargs)
+
+    def with_sampler(self, **changes: Any) -> XWAMPolicy:
+        """A fresh policy (same model and processor, empty action queue, generator re-seeded) whose
+        sampler config has ``changes`` applied; ``SamplerConfig`` validates the result."""
+        sampler = dataclasses.replace(self.config.sampler, **changes)
+        return type(self)(self.model, dataclasses.replace(self.config, sampler=sampler), self.processor,
+                          replan_every=self.chunker.replan_every, rtc_delay=self.chunker.rtc_delay,
+                          default_prompt=self.default_prompt, seed=self.seed)
 
     # ---- protocol used by the server --------------------------------------------------------
     @property
@@ -137,9 +148,9 @@ class XWAMPolicy:
             "model": "xwam",
             "preset": self.config.preset,
             "camera_names": self.camera_names,
-            "image_keys": [IMAGE_PREFIX + c for c in self.camera_names],
+            "image_keys": [OBS_IMAGE_PREFIX + c for c in self.camera_names],
             "image_shape": list(self.image_shape),
-            "state_key": "observation/state",
+            "state_key": OBS_STATE_KEY,
             "state_dim": m.state_dim,
             "state_names": list(stats.state_names) if stats else [],
             "action_horizon": m.action_horizon,
@@ -152,9 +163,9 @@ class XWAMPolicy:
         nested = obs.get("images") if isinstance(obs.get("images"), dict) else {}
         out = []
         for cam in self.camera_names:
-            img = nested.get(cam, obs.get(IMAGE_PREFIX + cam))
+            img = nested.get(cam, obs.get(OBS_IMAGE_PREFIX + cam))
             if img is None:
-                raise ValueError(f"missing image for camera {cam!r} (expected key {IMAGE_PREFIX + cam!r} "
+                raise ValueError(f"missing image for camera {cam!r} (expected key {OBS_IMAGE_PREFIX + cam!r} "
                                  f"or images[{cam!r}]); cameras: {self.camera_names}")
             out.append(img)
         return out
@@ -186,58 +197,40 @@ class XWAMPolicy:
         prompt = obs.get("prompt", self.default_prompt)
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        prefix = obs.get("action_prefix")
-        if prefix is not None:
-            prefix = np.asarray(prefix)
-            m = self.config.model
-            if prefix.ndim != 2 or prefix.shape[1] != m.action_dim or prefix.shape[0] > m.action_horizon \
-                    or prefix.dtype.kind not in "fiu" or not np.isfinite(prefix).all():
-                raise ValueError(f"action_prefix must be a finite (d <= {m.action_horizon}, {m.action_dim}) array")
+        if obs.get("action_prefix") is not None:
+            check_action_prefix(obs["action_prefix"], self.config.model)
 
     # ---- inference ----------------------------------------------------------------------------
-    def infer_batch(self, observations: list[dict[str, Any]],
-                    action_prefix: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Action chunks for a batch of observations (robot units)."""
+    def infer_batch(self, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Action chunks (robot units) for a batch of observations, each with its own optional
+        ``obs["action_prefix"]`` (d_i, A): the committed actions its chunk starts with (real-time
+        chunking); d_i may differ between observations."""
         for obs in observations:
             self.validate(obs)
         start = time.perf_counter()
-        dev = self.processor.device
-        images = torch.as_tensor(np.stack([np.stack(self._images(o)) for o in observations]))  # (B,V,H,W,3)
-        states = np.stack([np.asarray(self._state(o), np.float32) for o in observations])
-        prompts = [o.get("prompt", self.default_prompt) for o in observations]
-        stats = self.processor.norm_stats
-        t0 = time.perf_counter()
-        video0 = self.processor.encode_current_frame(images)
-        t1 = time.perf_counter()
-        text = self.processor.encode_text(prompts)
-        t2 = time.perf_counter()
-        prefix = None
-        if action_prefix is not None and len(action_prefix):
-            prefix = stats.normalize_action(torch.as_tensor(np.asarray(action_prefix, np.float32), device=dev))
-            prefix = prefix.float().reshape(len(observations), -1, self.config.model.action_dim)
-        cond = Conditioning(
-            video0=video0,
-            state0=stats.normalize_state(torch.as_tensor(states, device=dev)).float(),
-            text=text,
-            text_uncond=self.processor.empty_text() if self.config.sampler.cfg_scale != 1.0 else None,
-            action_prefix=prefix,
+        encode_timing: dict[str, float] = {}
+        cond = self.processor.conditioning(
+            np.stack([np.stack(self._images(o)) for o in observations]),  # (B, V, H, W, 3)
+            np.stack([np.asarray(self._state(o), np.float32) for o in observations]),
+            [o.get("prompt", self.default_prompt) for o in observations],
+            [o.get("action_prefix") for o in observations],
+            unconditional_text=self.config.sampler.guidance_scale != 1.0,
+            timing=encode_timing,
         )
         result = self.sampler.sample(cond, mode="policy", generator=self.generator)
         actions = self.processor.unnormalize_actions(result.actions).cpu().numpy().astype(np.float32)
         future_states = self.processor.unnormalize_states(result.states).cpu().numpy().astype(np.float32)
-        timing = PolicyTiming(encode_ms=(t1 - t0) * 1000, text_ms=(t2 - t1) * 1000, dit_ms=result.call_ms,
-                              total_ms=(time.perf_counter() - start) * 1000)
+        timing = PolicyTiming(**encode_timing, dit_ms=result.call_ms, total_ms=(time.perf_counter() - start) * 1000)
         self.last_timing = timing
         return [{"actions": actions[i], "states": future_states[i], "timing": timing.to_dict()}
                 for i in range(len(observations))]
 
     def infer(self, obs: dict[str, Any], action_prefix: np.ndarray | None = None) -> dict[str, Any]:
-        """One chunk. ``action_prefix`` (d, A), or ``obs["action_prefix"]`` from a remote client, fixes
-        the chunk's first d actions (real-time chunking)."""
-        if action_prefix is None:
-            action_prefix = obs.get("action_prefix")
-        prefix = None if action_prefix is None else np.asarray(action_prefix, np.float32)[None]
-        return self.infer_batch([obs], action_prefix=prefix)[0]
+        """One chunk. ``action_prefix`` (d, A), or else ``obs["action_prefix"]`` from a remote client,
+        fixes the chunk's first d actions (real-time chunking)."""
+        if action_prefix is not None:
+            obs = {**obs, "action_prefix": action_prefix}
+        return self.infer_batch([obs])[0]
 
     # ---- closed loop ----------------------------------------------------------------------------
     def reset(self) -> None:

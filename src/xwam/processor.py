@@ -2,13 +2,15 @@
 
 The processor owns the frozen parts (latent codec, text encoder, depth encoding) and the
 normalisation statistics. Training turns a batch of clips into latents and normalised vectors;
-the policy turns one raw observation into sampler conditioning and the sampled chunk back into
-robot units; the 4D tools decode latents back into RGB and metric depth.
+``conditioning`` is the one path from raw observations (with optional committed action prefixes)
+to sampler conditioning, used by the policy, the server, imagine and the benchmarks; sampled chunks
+go back into robot units here too; the 4D tools decode latents back into RGB and metric depth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,19 +26,8 @@ from xwam.codecs import (
 )
 from xwam.config import ModelConfig
 from xwam.data.stats import NormStats
+from xwam.diffusion.objective import TrainingInputs
 from xwam.diffusion.sampler import Conditioning
-
-
-@dataclass
-class TrainingInputs:
-    video: torch.Tensor  # (B, V, C, T, h, w) clean latents
-    text: torch.Tensor  # (B, L, text_dim)
-    text_uncond: torch.Tensor  # (1, L, text_dim): the empty instruction
-    actions: torch.Tensor  # (B, K, A) normalised
-    states: torch.Tensor  # (B, S, Ds) normalised
-    action_mask: torch.Tensor  # (B, K, A)
-    state_mask: torch.Tensor  # (Ds,)
-    depth: torch.Tensor | None = None  # (B, V, C, T, h, w) clean depth latents
 
 
 class XWAMProcessor:
@@ -186,19 +177,59 @@ class XWAMProcessor:
         )
 
     # ---- acting ---------------------------------------------------------------------------------
-    def conditioning(self, images: torch.Tensor, state: np.ndarray | torch.Tensor, instructions: list[str]) -> Conditioning:
-        """Raw observation batch -> sampler conditioning.
+    def conditioning(
+        self,
+        images: np.ndarray | torch.Tensor,
+        states: np.ndarray | torch.Tensor,
+        instructions: list[str],
+        action_prefixes: Sequence[np.ndarray | None] | None = None,
+        *,
+        unconditional_text: bool = True,
+        timing: dict[str, float] | None = None,
+    ) -> Conditioning:
+        """Raw observations -> sampler conditioning, normalised with the processor's statistics.
 
-        images: (B, V, H, W, 3) uint8 in the model's view order; state: (B, Ds) robot units.
+        images: (B, V, H, W, 3) uint8 in the model's view order; states: (B, Ds) robot units;
+        instructions: B strings. action_prefixes: None, or one entry per observation, each None or a
+        (d_i, A) array of actions already committed (robot units, d_i <= action_horizon; lengths may
+        differ). ``unconditional_text``: also encode the empty instruction (classifier-free guidance).
+        ``timing``, when given, receives ``encode_ms`` (images) and ``text_ms``.
         """
         stats = self._stats()
-        state = torch.as_tensor(np.asarray(state, dtype=np.float32)).to(self.device)
-        return Conditioning(
-            video0=self.encode_current_frame(torch.as_tensor(images)),
-            state0=stats.normalize_state(state).float(),
-            text=self.encode_text(instructions),
-            text_uncond=self.empty_text(),
-        )
+        batch = len(instructions)
+        if len(images) != batch or len(states) != batch:
+            raise ValueError(f"{len(images)} images, {len(states)} states and {batch} instructions: one each")
+        t0 = time.perf_counter()
+        video0 = self.encode_current_frame(torch.as_tensor(images))
+        t1 = time.perf_counter()
+        text = self.encode_text(instructions)
+        text_uncond = self.empty_text() if unconditional_text else None
+        t2 = time.perf_counter()
+        if timing is not None:
+            timing.update(encode_ms=(t1 - t0) * 1000, text_ms=(t2 - t1) * 1000)
+        state = torch.as_tensor(np.asarray(states, dtype=np.float32)).to(self.device)
+        prefix, prefix_len = self._action_prefixes(action_prefixes, batch)
+        return Conditioning(video0=video0, state0=stats.normalize_state(state).float(), text=text,
+                            text_uncond=text_uncond, action_prefix=prefix, action_prefix_len=prefix_len)
+
+    def _action_prefixes(
+        self, prefixes: Sequence[np.ndarray | None] | None, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-observation prefixes -> normalised (B, d_max, A), zero-padded, and their lengths (B,)."""
+        if prefixes is None:
+            return None, None
+        if len(prefixes) != batch:
+            raise ValueError(f"{len(prefixes)} action prefixes for {batch} observations: give one (or None) each")
+        arrays = [None if p is None else check_action_prefix(p, self.cfg) for p in prefixes]
+        lengths = [0 if a is None else len(a) for a in arrays]
+        if max(lengths, default=0) == 0:
+            return None, None
+        padded = np.zeros((batch, max(lengths), self.cfg.action_dim), np.float32)
+        for i, a in enumerate(arrays):
+            if a is not None:
+                padded[i, : len(a)] = a
+        prefix = self._stats().normalize_action(torch.as_tensor(padded, device=self.device)).float()
+        return prefix, torch.tensor(lengths, dtype=torch.long, device=self.device)
 
     def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self._stats().unnormalize_action(actions.float())
@@ -209,6 +240,16 @@ class XWAMProcessor:
 
 # codecs whose parameters are fitted on the training data and stored with the checkpoint
 FITTED_CODECS = ("pca",)
+
+
+def check_action_prefix(prefix: Any, cfg: ModelConfig) -> np.ndarray:
+    """A committed action prefix as a float32 (d, A) array; ValueError unless finite with d <= horizon."""
+    array = np.asarray(prefix)
+    if array.ndim != 2 or array.shape[1] != cfg.action_dim or array.shape[0] > cfg.action_horizon \
+            or array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+        raise ValueError(f"action_prefix must be a finite (d <= {cfg.action_horizon}, {cfg.action_dim}) array, "
+                         f"got shape {array.shape}, dtype {array.dtype}")
+    return array.astype(np.float32)
 
 
 def _flat_frames(images: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from xwam.codecs import (
     build_text_encoder,
 )
 from xwam.codecs.text import clean_prompt
-from xwam.config import get_preset, replace
+from xwam.config import get_preset
 
 INSTRUCTIONS = [
     "pick up the red cube",

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from xwam.codecs import LatentCodec, WanVAECodec, build_codec
-from xwam.config import ModelConfig, replace
+from xwam.config import ModelConfig
 
 # The tiny Wan2.2-shaped VAE used by the tests: same layout as the real one (48 channels,
 # 16x16 spatial, 4x temporal compression, patch 2, residual), ~1 M parameters.

@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from xwam.config import DiffusionConfig, get_preset
 from xwam.diffusion.ans import NoiseLevels
-from xwam.diffusion.objective import training_losses
+from xwam.diffusion.flow import velocity_target
+from xwam.diffusion.objective import TrainingInputs, draw_noise, loss_sums, training_losses
 from xwam.model.transformer import XWAMTransformer
 
 
@@ -78,3 +80,53 @@ def test_text_dropout_uses_the_empty_instruction():
     dropped = (spy.seen["text"] == 0).flatten(1).all(1)
     assert 0.25 < dropped.float().mean().item() < 0.75
     assert torch.equal(spy.seen["text"][~dropped], text[~dropped])
+
+
+class ZeroModel(torch.nn.Module):
+    """Predicts zeros everywhere: the losses are then the targets' squares, known in closed form."""
+
+    def forward(self, video, text, t_video, t_action, actions, states, depth=False, action_prefix_len=None):
+        from xwam.model.transformer import XWAMOutput
+
+        return XWAMOutput(video=torch.zeros_like(video), actions=torch.zeros_like(actions),
+                          states=torch.zeros_like(states), depth=torch.zeros_like(video) if depth else None)
+
+
+def test_masks_counts_and_weights():
+    cfg = get_preset("tiny").model
+    video, text, actions, states = batch(cfg, n=3)
+    depth = torch.full_like(video, 3.0)
+    inputs = TrainingInputs(video=video, text=text, actions=actions, states=states, depth=depth,
+                            action_mask=torch.tensor([1.0] * (cfg.action_dim - 1) + [0.0]))
+    diffusion = DiffusionConfig(action_prefix_prob=0.0, text_dropout=0.0)
+    noise = draw_noise([1, 2, 3], video.shape[1:], actions.shape[1:], states.shape[1:], diffusion,
+                       levels=NoiseLevels(torch.full((3,), 0.5), torch.full((3,), 0.3),
+                                          torch.tensor([True, False, False])))
+    noise.prefix_len = torch.tensor([0, 2, 0])
+    sums, counts = loss_sums(ZeroModel(), inputs, noise)
+    K, A, S, Ds = cfg.action_horizon, cfg.action_dim, cfg.num_states, cfg.state_dim
+    # sample 0: clean actions, no action/state loss; sample 1: 2 committed actions; padding dimension masked;
+    # state token 0 never counts; video frame 0 never counts; depth counts every frame
+    assert counts.tolist() == [video[:, :, :, 1:].numel(), ((K - 2) + K) * (A - 1), 2 * (S - 1) * Ds, depth.numel()]
+    target = velocity_target(actions, noise.e_actions)
+    assert sums[1].item() == pytest.approx((target[1, 2:, :-1] ** 2).sum().item() + (target[2, :, :-1] ** 2).sum().item(),
+                                           rel=1e-5)
+    assert sums[3].item() == pytest.approx(9.0 * depth.numel())
+    weighted = DiffusionConfig(action_prefix_prob=0.0, text_dropout=0.0, video_loss_weight=0.0, action_loss_weight=2.0)
+    losses = training_losses(ZeroModel(), video, text, actions, states, cfg=weighted, depth=depth,
+                             sample_seeds=[1, 2, 3], levels=NoiseLevels(torch.full((3,), 0.5), torch.full((3,), 0.3),
+                                                                         torch.tensor([True, False, False])))
+    assert losses["total"].item() == pytest.approx(2 * losses["action"].item() + losses["state"].item()
+                                                   + losses["depth"].item(), rel=1e-6)
+
+
+def test_an_all_clean_batch_has_no_action_loss_but_keeps_a_gradient_path():
+    cfg = get_preset("tiny").model
+    model = XWAMTransformer(cfg)
+    video, text, actions, states = batch(cfg, n=2)
+    losses = training_losses(model, video, text, actions, states, cfg=DiffusionConfig(text_dropout=0.0),
+                             levels=NoiseLevels(torch.full((2,), 0.5), torch.zeros(2), torch.tensor([True, True])),
+                             generator=torch.Generator().manual_seed(0))
+    assert losses["action"].item() == 0.0
+    losses["total"].backward()
+    assert model.action_decoder[2].weight.grad is not None

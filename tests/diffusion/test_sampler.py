@@ -100,7 +100,7 @@ def test_synchronous_baseline_needs_the_full_video_schedule_for_actions(model):
 
 def test_classifier_free_guidance_runs_and_needs_the_empty_text(model):
     cond = conditioning(model)
-    sampler = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2, cfg_scale=3.0, solver="euler"))
+    sampler = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2, guidance_scale=3.0, solver="euler"))
     guided = sampler.sample(cond, generator=torch.Generator().manual_seed(0))
     plain = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2, solver="euler")).sample(
         cond, generator=torch.Generator().manual_seed(0))
@@ -113,3 +113,36 @@ def test_classifier_free_guidance_runs_and_needs_the_empty_text(model):
 def test_sampler_config_validates():
     with pytest.raises(ValueError, match="cannot exceed"):
         SamplerConfig(video_steps=5, action_steps=10)
+
+
+def test_each_sample_keeps_its_own_action_prefix_length(model):
+    """Per-sample prefix lengths (0 = none) reach the model, and each chunk keeps exactly its own prefix."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.cfg, self.depth_branch = model, model.cfg, model.depth_branch
+
+        def forward(self, *args, action_prefix_len=None, **kwargs):
+            seen.append(None if action_prefix_len is None else action_prefix_len.tolist())
+            return self.inner(*args, action_prefix_len=action_prefix_len, **kwargs)
+
+    sampler = AsyncSampler(Spy(), SamplerConfig(video_steps=4, action_steps=2, solver="unipc"))
+    prefix = torch.randn(3, 2, model.cfg.action_dim, generator=torch.Generator().manual_seed(1))
+
+    def run(lengths):
+        cond = conditioning(model, batch=3)
+        cond.action_prefix = None if lengths == "none" else prefix
+        cond.action_prefix_len = None if lengths in ("none", "all") else torch.tensor(lengths)
+        return sampler.sample(cond, mode="policy", generator=torch.Generator().manual_seed(0)).actions
+
+    mixed = run([2, 0, 1])
+    assert seen == [[2, 0, 1]] * 2
+    assert torch.equal(mixed[0, :2], prefix[0]) and torch.equal(mixed[2, :1], prefix[2, :1])
+    assert not torch.allclose(mixed[2, 1], prefix[2, 1]) and not torch.allclose(mixed[1, 0], prefix[1, 0])
+    # a sample's chunk depends on its own prefix only: length 0 is no prefix, and length 2 is the full one
+    torch.testing.assert_close(mixed[1], run("none")[1])
+    torch.testing.assert_close(mixed[0], run("all")[0])
+    with pytest.raises(ValueError, match="action_prefix_len"):
+        run([3, 0, 0])

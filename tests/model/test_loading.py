@@ -74,7 +74,7 @@ def test_load_wan_from_the_original_layout_renames_every_key(tmp_path, tiny_conf
 def test_backbone_shape_mismatch_is_a_clear_error(tmp_path, tiny_config):
     cfg = tiny_config.model
     random_model(cfg).backbone.save_pretrained(tmp_path / "transformer")
-    from xwam.config import replace
+    from dataclasses import replace
 
     with pytest.raises(ValueError, match="num_layers"):
         load_wan_backbone(tmp_path, replace(cfg, num_layers=4))

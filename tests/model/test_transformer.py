@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from xwam.config import ModelConfig, replace
-from xwam.model.transformer import TIME_SCALE, XWAMTransformer, wan_backbone_kwargs
+from xwam.config import ModelConfig
+from xwam.model.transformer import TIME_SCALE, XWAMBlock, XWAMTransformer, wan_backbone_kwargs
 
 
 def spec_tiny_model_config(**changes) -> ModelConfig:
@@ -38,13 +40,17 @@ def test_golden_single_view_video_only_equals_diffusers_forward(dedup):
     model.dedup_timesteps = dedup
     with torch.no_grad():
         model.view_embedding.weight.zero_()
+    # diffusers' own model class and forward, with our weights
+    stock = WanTransformer3DModel(**wan_backbone_kwargs(cfg)).eval()
+    stock.load_state_dict(model.backbone.state_dict())
+    assert type(stock.blocks[0]).forward is not type(model.backbone.blocks[0]).forward
     video, text, t_video, *_ = inputs(cfg)
     grid = (cfg.latent_frames, cfg.latent_height // 2, cfg.latent_width // 2)
     with torch.no_grad():
         per_token = model.token_timesteps(grid, t_video, None, 0, 0)  # frame 0 clean, as in Wan2.2-TI2V
-        ref = model.backbone(video[:, 0], per_token * TIME_SCALE, text, return_dict=False)[0]
+        ref = stock(video[:, 0], per_token * TIME_SCALE, text, return_dict=False)[0]
         ours = model(video, text, t_video).video[:, 0]
-        ref_global = model.backbone(video[:, 0], t_video * TIME_SCALE, text, return_dict=False)[0]
+        ref_global = stock(video[:, 0], t_video * TIME_SCALE, text, return_dict=False)[0]
         ours_global = model(video, text, t_video, condition_frames=0).video[:, 0]
     if dedup:  # distinct times embedded once: equal up to fp32 matmul rounding
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
@@ -150,6 +156,29 @@ def test_clean_tokens_get_time_zero(tiny_config):
     states = ts[0, cfg.num_video_tokens:cfg.num_video_tokens + cfg.num_states]
     assert states[0] == 0 and torch.allclose(states[1:], torch.tensor(0.2))
     assert torch.allclose(ts[0, -cfg.action_horizon:], torch.tensor(0.2))
+
+
+def test_blocks_are_called_as_modules_so_hooks_see_every_block(tiny_config):
+    cfg = tiny_config.model
+    model = XWAMTransformer(cfg)
+    blocks = list(model.backbone.blocks) + list(model.depth_branch.blocks)
+    assert all(isinstance(b, XWAMBlock) and "forward" not in vars(b) for b in blocks)
+    calls = []
+    for b in blocks:
+        b.register_forward_hook(lambda module, args, out: calls.append(module))
+    model(*inputs(cfg), depth=True)
+    assert calls == list(model.backbone.blocks[: cfg.num_layers - cfg.depth_layers]) + [
+        b for pair in zip(model.backbone.blocks[cfg.num_layers - cfg.depth_layers:], model.depth_branch.blocks)
+        for b in pair]
+
+
+def test_wan_blocks_become_xwam_blocks_sharing_their_weights():
+    cfg = spec_tiny_model_config()
+    stock = WanTransformer3DModel(**wan_backbone_kwargs(cfg))
+    weight = stock.blocks[0].attn1.to_q.weight
+    model = XWAMTransformer(cfg, backbone=stock)
+    assert model.backbone.blocks[0].attn1.to_q.weight is weight
+    assert set(model.backbone.state_dict()) == set(WanTransformer3DModel(**wan_backbone_kwargs(cfg)).state_dict())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):

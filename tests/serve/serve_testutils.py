@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from xwam.serve.observation import check_observation, lookup
-
 IMAGE_KEYS = ("observation/images/front", "observation/images/wrist")
 IMAGE_SHAPE = (24, 32, 3)
 STATE_DIM = 7
@@ -47,7 +45,29 @@ class DeterministicTestPolicy:
         }
 
     def validate(self, obs: dict[str, Any]) -> None:
-        check_observation(obs, image_keys=IMAGE_KEYS, image_shape=IMAGE_SHAPE, state_dim=STATE_DIM)
+        """Raise ValueError naming every bad field (the server must pass the sentence on as text)."""
+        problems = []
+        for key in IMAGE_KEYS:
+            image = lookup(obs, key)
+            if image is None:
+                problems.append(f"missing camera image '{key}'")
+            elif not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+                problems.append(f"image '{key}' must be a uint8 array")
+            elif image.ndim != 3 or image.shape[-1] != 3:
+                problems.append(f"image '{key}' must be HxWx3, got shape {image.shape}")
+            elif image.shape != IMAGE_SHAPE:
+                problems.append(f"image '{key}' must have shape {IMAGE_SHAPE}, got {image.shape}")
+        state = lookup(obs, "state")
+        if state is None:
+            problems.append("missing 'state' vector")
+        elif not isinstance(state, np.ndarray) or state.shape != (STATE_DIM,):
+            problems.append(f"'state' must have {STATE_DIM} values")
+        elif not np.isfinite(state).all():
+            problems.append("'state' has NaN or infinite values")
+        if not isinstance(lookup(obs, "prompt"), str):
+            problems.append(f"'prompt' must be a string, got {type(lookup(obs, 'prompt')).__name__}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @staticmethod
     def expected_actions(state: np.ndarray, prompt: str) -> np.ndarray:
@@ -80,6 +100,18 @@ class DeterministicTestPolicy:
         with self._lock:
             self.batch_sizes.append(len(observations))
         return [self._answer(obs) for obs in observations]
+
+
+def lookup(obs: dict[str, Any], key: str) -> Any:
+    """``obs[key]``, or the nested path ``obs['a']['b']`` for a key ``'a/b'`` (clients send either)."""
+    if key in obs:
+        return obs[key]
+    node: Any = obs
+    for part in key.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def make_observation(seed: int = 0, prompt: str = "stack the red cube") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -32,7 +33,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from xwam.model.transformer import XWAMTransformer
 
     config = get_preset("tiny")
-    config.model.text_encoder = "none"
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_encoder="none"))
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     stats = NormStats.from_arrays(
@@ -79,6 +80,44 @@ def test_real_policy_served_in_process(tiny_checkpoint: Path) -> None:
             with pytest.raises(RuntimeError, match="state must have shape"):
                 client.infer(bad)
             _check_actions(client.infer(_observation(metadata, 3)), metadata)
+
+
+def test_batched_requests_each_keep_their_own_action_prefix(tiny_checkpoint: Path) -> None:
+    """`xwam serve --max-batch 2`: two concurrent requests with committed prefixes of different values
+    and lengths run as one batch, and each chunk starts with its own prefix (robot units)."""
+    from xwam.policy import XWAMPolicy
+
+    policy = XWAMPolicy.from_checkpoint(tiny_checkpoint)
+    batch_sizes: list[int] = []
+    batched = policy.infer_batch
+
+    def recording(observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        batch_sizes.append(len(observations))
+        return batched(observations)
+
+    policy.infer_batch = recording  # type: ignore[method-assign]
+    m = policy.config.model
+    rng = np.random.default_rng(7)
+    prefixes = [rng.normal(size=(1, m.action_dim)).astype(np.float32),
+                rng.normal(loc=3.0, size=(m.action_horizon - 1, m.action_dim)).astype(np.float32)]
+    answers: dict[int, Any] = {}
+    with ServerThread(PolicyServer(policy, host=HOST, port=0, max_batch=2, batch_wait_ms=10_000)) as running:
+
+        def ask(index: int) -> None:
+            with PolicyClient(HOST, running.port, timeout=60) as client:
+                obs = _observation(client.metadata, index)
+                answers[index] = client.infer({**obs, "action_prefix": prefixes[index]})
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert batch_sizes == [2], batch_sizes  # one model call for both requests
+    for index, prefix in enumerate(prefixes):
+        actions = answers[index]["actions"]
+        assert actions.shape == (m.action_horizon, m.action_dim)
+        np.testing.assert_allclose(actions[: len(prefix)], prefix, rtol=1e-5, atol=1e-5)
 
 
 def _read_lines(stream: Any, lines: queue.Queue) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,22 +12,13 @@ from train_testutils import tiny_train_config
 
 from xwam.config import get_preset
 from xwam.diffusion.flow import add_noise, velocity_target
-from xwam.diffusion.losses import xwam_losses
+from xwam.diffusion.objective import LOSS_NAMES, TrainingInputs, draw_noise, loss_sums, mean_losses
 from xwam.model.checkpoint import load_checkpoint
 from xwam.model.transformer import XWAMTransformer
-from xwam.processor import TrainingInputs
-from xwam.train import (
-    LOSS_NAMES,
-    StepSampler,
-    TrainConfig,
-    Trainer,
-    cosine_with_warmup,
-    ema_decay_at,
-    loss_sums,
-    losses_from_sums,
-    merge_lora_state,
-    prepare_batch,
-)
+from xwam.train import TrainConfig, Trainer
+from xwam.train.data import StepBatches
+from xwam.train.parallel import merge_lora_state
+from xwam.train.schedule import cosine_with_warmup, ema_decay_at
 
 
 def _inputs(cfg, batch=3, seed=0) -> TrainingInputs:
@@ -55,37 +47,43 @@ def _inputs(cfg, batch=3, seed=0) -> TrainingInputs:
     )
 
 
-def test_objective_equals_xwam_losses_on_one_batch() -> None:
+def _masked_mean(pred, target, mask=None):
+    err = (pred.float() - target.float()) ** 2
+    if mask is None:
+        return err.mean()
+    mask = mask.expand_as(err)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def test_objective_sums_give_the_papers_masked_means() -> None:
     preset = get_preset("tiny")
     torch.manual_seed(0)
     model = XWAMTransformer(preset.model)
     inputs = _inputs(preset.model)
-    batch = prepare_batch(inputs, [11, 12, 13], preset.diffusion, torch.device("cpu"))
-    sums = loss_sums(model, batch)
-    ours = losses_from_sums(torch.stack([sums[k].double() for k in LOSS_NAMES]), batch.counts())
+    cfg = dataclasses.replace(preset.diffusion, action_prefix_prob=0.0)
+    noise = draw_noise([11, 12, 13], inputs.video.shape[1:], inputs.actions.shape[1:], inputs.states.shape[1:], cfg)
+    sums, counts = loss_sums(model, inputs, noise)
+    ours = mean_losses(sums, counts)
 
-    # the same noise through the model and the project's reference losses
-    nv = add_noise(batch.video, batch.e_video, batch.t_video)
-    nv[:, :, :, :1] = batch.video[:, :, :, :1]
-    na = add_noise(batch.actions, batch.e_actions, batch.t_action)
-    ns = add_noise(batch.states, batch.e_states, batch.t_action)
-    ns[:, :1] = batch.states[:, :1]
-    out = model(nv, batch.text, batch.t_video, batch.t_action, na, ns, depth=True)
-    clean = batch.action_mask.flatten(1).sum(1) == 0
-    ref = xwam_losses(
-        out.video,
-        velocity_target(batch.video, batch.e_video),
-        out.actions,
-        velocity_target(batch.actions, batch.e_actions),
-        out.states,
-        velocity_target(batch.states, batch.e_states),
-        actions_clean=clean,
-        action_mask=inputs.action_mask,
-        state_mask=inputs.state_mask,
-        pred_depth=out.depth,
-        target_depth=batch.depth,
-    )
-    assert set(ours) == set(ref)
+    # the same noise through the model, scored by hand: frame 0 and state 0 never count, clean-action
+    # samples drop their action and state losses, padding and invalid dimensions are masked
+    nv = add_noise(inputs.video, noise.e_video, noise.t_video)
+    nv[:, :, :, :1] = inputs.video[:, :, :, :1]
+    na = add_noise(inputs.actions, noise.e_actions, noise.t_action)
+    ns = add_noise(inputs.states, noise.e_states, noise.t_action)
+    ns[:, :1] = inputs.states[:, :1]
+    text = torch.where(noise.text_dropped[:, None, None], inputs.text_uncond.expand_as(inputs.text), inputs.text)
+    out = model(nv, text, noise.t_video, noise.t_action, na, ns, depth=True)
+    keep = (~noise.actions_clean).float()[:, None, None]
+    state_mask = (keep * inputs.state_mask).expand_as(inputs.states).clone()
+    state_mask[:, 0] = 0
+    ref = {
+        "video": _masked_mean(out.video[:, :, :, 1:], velocity_target(inputs.video, noise.e_video)[:, :, :, 1:]),
+        "action": _masked_mean(out.actions, velocity_target(inputs.actions, noise.e_actions), keep * inputs.action_mask),
+        "state": _masked_mean(out.states, velocity_target(inputs.states, noise.e_states), state_mask),
+        "depth": _masked_mean(out.depth, inputs.depth),
+    }
+    assert set(ours) == set(ref) | {"total"}
     for k in ref:
         assert ours[k] == pytest.approx(ref[k].item(), rel=1e-5), k
 
@@ -93,28 +91,27 @@ def test_objective_equals_xwam_losses_on_one_batch() -> None:
 def test_noise_depends_on_the_sample_not_on_the_batch() -> None:
     preset = get_preset("tiny")
     inputs = _inputs(preset.model)
-    whole = prepare_batch(inputs, [5, 6, 7], preset.diffusion, torch.device("cpu"))
-    sub = TrainingInputs(
-        **{k: (v[1:] if k not in ("text_uncond", "state_mask") else v) for k, v in vars(inputs).items()}
-    )
-    part = prepare_batch(sub, [6, 7], preset.diffusion, torch.device("cpu"))
-    assert torch.equal(whole.e_video[1:], part.e_video) and torch.equal(whole.t_video[1:], part.t_video)
-    other = prepare_batch(inputs, [5, 6, 8], preset.diffusion, torch.device("cpu"))
+    shapes = (inputs.video.shape[1:], inputs.actions.shape[1:], inputs.states.shape[1:], preset.diffusion)
+    whole = draw_noise([5, 6, 7], *shapes)
+    part = draw_noise([6, 7], *shapes)
+    for name in vars(whole):
+        assert torch.equal(getattr(whole, name)[1:], getattr(part, name)), name
+    other = draw_noise([5, 6, 8], *shapes)
     assert not torch.equal(whole.e_video[2], other.e_video[2])
 
 
 def test_step_sampler_partitions_the_global_batch_and_follows_weights() -> None:
     weights = torch.tensor([0.7 / 2] * 2 + [0.3 / 3] * 3)  # two sources: 2 clips at 70 %, 3 clips at 30 %
     common = dict(batch_size=2, grad_accum=2, seed=1, start_step=0, total_steps=3)
-    single = StepSampler(weights, world=1, rank=0, **{**common, "batch_size": 8, "grad_accum": 1})
-    ranks = [StepSampler(weights, world=2, rank=r, **common) for r in range(2)]
+    single = StepBatches(weights, world=1, rank=0, **{**common, "batch_size": 8, "grad_accum": 1})
+    ranks = [StepBatches(weights, world=2, rank=r, **common) for r in range(2)]
     for step in range(3):
         parts = [ranks[r].micro_batch(step, m) for m in range(2) for r in range(2)]
         assert [k for p in parts for k in p] == single.micro_batch(step, 0)
     assert len(list(iter(ranks[0]))) == 6
-    resumed = StepSampler(weights, world=2, rank=0, **{**common, "start_step": 2})
+    resumed = StepBatches(weights, world=2, rank=0, **{**common, "start_step": 2})
     assert list(iter(resumed)) == list(iter(ranks[0]))[4:]
-    big = StepSampler(
+    big = StepBatches(
         weights, world=1, rank=0, batch_size=4000, grad_accum=1, seed=0, start_step=0, total_steps=1
     )
     share = sum(1 for i, _, _ in big.step_keys(0) if i < 2) / 4000

@@ -99,3 +99,46 @@ def test_grad_accumulation_matches_the_full_batch(
     a = load_file(str(single_run / "checkpoints" / "latest" / "model.safetensors"))
     b = load_file(str(out / "checkpoints" / "latest" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+FSDP_PROBE = '''
+import json, sys
+from xwam.model.transformer import XWAMBlock, XWAMTransformer
+from xwam.train import Trainer, TrainConfig
+
+data, out, report = sys.argv[1:4]
+trainer = Trainer(TrainConfig(data=[data], out=out, preset="tiny", steps=2, batch_size=2, save_every=100,
+                              parallel="fsdp", gradient_checkpointing=True, threads=1, progress=False,
+                              tensorboard=False, seed=3))
+model = trainer.module
+# no method of any module replaced on the instance: every call runs the classes' own code
+replaced = sorted(f"{name or 'model'}.{attr}" for name, m in model.named_modules() for attr, value in vars(m).items()
+                  if callable(value) and not attr.startswith("_forward") and hasattr(type(m), attr))
+blocks = list(model.backbone.blocks) + list(model.depth_branch.blocks)
+foreign = [type(b).__name__ for b in blocks if type(b).forward is not XWAMBlock.forward]
+calls = [0] * len(blocks)
+for i, block in enumerate(blocks):
+    block.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+trainer.fit()
+json.dump({"replaced": replaced, "foreign": foreign, "calls": calls, "sharded": type(model).__name__,
+           "run_is_class_method": type(model)._run is XWAMTransformer._run}, open(f"{report}.{trainer.ctx.rank}", "w"))
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_runs_the_models_own_code_with_no_method_replaced(synthetic_dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(FSDP_PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(probe),
+           str(synthetic_dataset), str(tmp_path / "run"), str(tmp_path / "report")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"report.{rank}").read_text())
+        assert report["sharded"].startswith("FSDP")  # fully_shard really wrapped the model
+        assert report["replaced"] == [] and report["foreign"] == [] and report["run_is_class_method"]
+        # every block (main and depth) ran under FSDP's hooks: forward and the checkpointed recompute
+        assert all(c >= 2 for c in report["calls"]), report["calls"]

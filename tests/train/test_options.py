@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,8 @@ def test_latent_cache_and_checkpointing_give_the_same_losses(synthetic_dataset: 
 
 
 def test_dataset_mixture_with_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
-    tc = tiny_train_config(synthetic_dataset, tmp_path / "mix", steps=2, weights=[0.7, 0.3])
-    tc.data = [str(synthetic_dataset)] * 2
+    tc = dataclasses.replace(tiny_train_config(synthetic_dataset, tmp_path / "mix", steps=2, weights=[0.7, 0.3]),
+                             data=[str(synthetic_dataset)] * 2)
     trainer = Trainer(tc)
     weights = trainer.train_clips.sample_weights()
     half = len(weights) // 2

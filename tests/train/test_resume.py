@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from train_testutils import losses, read_metrics, tiny_train_config
 
-import xwam.train as train_mod
 from xwam.train import Trainer, latest_checkpoint, train
+from xwam.train.checkpoints import TRAINER_STATE_FILE
 
 
 class Crash(Exception):
@@ -71,5 +71,5 @@ def test_keeps_last_k_checkpoints_and_latest(synthetic_dataset: Path, tmp_path: 
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
     assert kept == ["step-00000004", "step-00000005"]
     assert latest_checkpoint(tmp_path / "run") == final.resolve()
-    state = torch.load(final / train_mod.TRAINER_STATE_FILE, weights_only=True)
+    state = torch.load(final / TRAINER_STATE_FILE, weights_only=True)
     assert state["step"] == 5 and state["sampler"]["next_step"] == 5

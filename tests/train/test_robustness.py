@@ -15,10 +15,11 @@ import pytest
 import torch
 from train_testutils import losses, tiny_train_config
 
-import xwam.train as train_mod
+import xwam.train.trainer as trainer_mod
 from xwam.cli import main
 from xwam.model.checkpoint import load_checkpoint
 from xwam.train import latest_checkpoint, train
+from xwam.train.checkpoints import TRAINER_STATE_FILE
 
 KILLED_WRITER = textwrap.dedent(
     """
@@ -83,17 +84,17 @@ def test_sigkill_during_checkpoint_write_keeps_previous(synthetic_dataset: Path,
 def test_nan_loss_stops_with_a_clear_message(
     synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    real = train_mod.loss_sums
+    real = trainer_mod.loss_sums
     calls = {"n": 0}
 
-    def poisoned(model, batch):
+    def poisoned(model, inputs, noise):
         calls["n"] += 1
-        sums = real(model, batch)
+        sums, counts = real(model, inputs, noise)
         if calls["n"] == 4:  # the 4th step's forward produces NaN
-            sums["video"] = sums["video"] * float("nan")
-        return sums
+            sums = sums * float("nan")
+        return sums, counts
 
-    monkeypatch.setattr(train_mod, "loss_sums", poisoned)
+    monkeypatch.setattr(trainer_mod, "loss_sums", poisoned)
     out = tmp_path / "run"
     before = None
     code = main(
@@ -121,7 +122,7 @@ def test_nan_loss_stops_with_a_clear_message(
     assert code == 2
     assert "non-finite loss at step 4" in err and "step-00000002" in err and "training stopped" in err
     assert latest_checkpoint(out).name == "step-00000002"
-    before = torch.load(out / "checkpoints" / "latest" / train_mod.TRAINER_STATE_FILE, weights_only=True)
+    before = torch.load(out / "checkpoints" / "latest" / TRAINER_STATE_FILE, weights_only=True)
     assert before["step"] == 2
     model, _, _ = load_checkpoint(out / "checkpoints" / "latest")
     assert all(torch.isfinite(p).all() for p in model.parameters())

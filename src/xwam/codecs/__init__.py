@@ -5,7 +5,6 @@ Heavy libraries (diffusers, transformers) are imported only when a VAE or text m
 
 from xwam.codecs.base import (
     LatentCodec,
-    build_codec,
     frames_to_images,
     images_to_frames,
     latent_shape,
@@ -20,6 +19,7 @@ from xwam.codecs.depth import (
     relative_inverse_depth_from_uint8,
     relative_inverse_depth_to_frames,
 )
+from xwam.codecs.factory import build_codec
 from xwam.codecs.pca import PatchPCACodec
 from xwam.codecs.pixel import PixelCodec
 from xwam.codecs.text import (

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+from xwam.atomic import atomic_path
 
 if TYPE_CHECKING:
     from xwam.config import ModelConfig
@@ -289,16 +289,8 @@ class CachedTextEncoder:
             return
         from safetensors.torch import save_file
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        target = self._path(text)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({"embedding": embedding}, tmp, metadata={"text": text, "encoder": self.name})
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self._path(text)) as tmp:
+            save_file({"embedding": embedding}, str(tmp), metadata={"text": text, "encoder": self.name})
 
 
 def build_text_encoder(

@@ -73,9 +73,49 @@ def _load_progress(root: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    stored = collect(
+        args.task,
+        args.episodes,
+        args.out,
+        height=args.height,
+        width=args.width,
+        first_seed=args.seed,
+        cameras=args.cameras,
+        max_steps=args.max_steps,
+        noise=args.noise,
+        keep_failures=args.keep_failures,
+        episodes_per_file=args.episodes_per_file,
+        crf=args.crf,
+        max_attempts=args.max_attempts,
+    )
+    return 0 if stored >= args.episodes else 1
+
+
+def collect(
+    task: str,
+    episodes: int,
+    out: str | Path,
+    *,
+    height: int = 128,
+    width: int = 128,
+    first_seed: int = 0,
+    cameras: list[str] | None = None,
+    max_steps: int | None = None,
+    noise: float = 0.0,
+    keep_failures: bool = False,
+    episodes_per_file: int = 10,
+    crf: int = 18,
+    max_attempts: int | None = None,
+) -> int:
+    """Collect (or resume collecting) until ``out`` holds ``episodes`` episodes; returns how many it holds.
+
+    The arguments are the command's options (see ``xwam collect --help``); fewer episodes than asked
+    means ``max_attempts`` seeds ran out first.
+    """
     from tqdm import tqdm
 
-    from xwam.data.lerobot import INFO_PATH, LeRobotV3Writer, atomic_write_json
+    from xwam.atomic import atomic_write_json
+    from xwam.data.lerobot import INFO_PATH, LeRobotV3Writer
 
     try:
         from xwam.sim.envs import DEFAULT_CAMERAS
@@ -83,17 +123,17 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise RuntimeError(f"the simulator is not available ({exc}); install the 'sim' extra") from exc
 
-    if args.episodes < 1:
+    if episodes < 1:
         raise ValueError("--episodes must be >= 1")
-    root = Path(args.out)
-    cameras = list(args.cameras or DEFAULT_CAMERAS)
+    root = Path(out)
+    cameras = list(cameras or DEFAULT_CAMERAS)
     progress = _load_progress(root)
     resuming = (root / INFO_PATH).is_file()
     if resuming and progress:
         for key, value in (
-            ("task", args.task),
-            ("height", args.height),
-            ("width", args.width),
+            ("task", task),
+            ("height", height),
+            ("width", width),
             ("cameras", cameras),
         ):
             if progress.get(key) is not None and progress[key] != value:
@@ -106,28 +146,28 @@ def run(args: argparse.Namespace) -> int:
         fps=None,
         robot_type="panda",
         episodes_per_file=10**9,
-        rgb_crf=args.crf,
+        rgb_crf=crf,
         write_stats_on_close=True,
     )
     have = writer.num_episodes
-    next_seed = int(progress.get("next_seed", args.seed))
+    next_seed = int(progress.get("next_seed", first_seed))
     if resuming:
         seeds_seen = [json.loads(r).get("seed", -1) for r in _stored_meta(root)]
         next_seed = max([next_seed, *(s + 1 for s in seeds_seen if s is not None and s >= 0)])
-    progress.update({"task": args.task, "height": args.height, "width": args.width, "cameras": cameras})
+    progress.update({"task": task, "height": height, "width": width, "cameras": cameras})
     progress.setdefault("attempted", 0)
     progress.setdefault("succeeded", 0)
-    if have >= args.episodes:
-        print(f"{root}: already holds {have} episodes (>= {args.episodes}); nothing to do")
+    if have >= episodes:
+        print(f"{root}: already holds {have} episodes (>= {episodes}); nothing to do")
         writer.close()
-        return 0
+        return have
     if resuming:
         print(f"resuming {root}: {have} episodes stored, continuing at seed {next_seed}")
-    max_attempts = args.max_attempts or 4 * args.episodes
+    max_attempts = max_attempts or 4 * episodes
     attempted = succeeded = 0
     since_flush_attempts = since_flush_successes = 0
     start = time.perf_counter()
-    bar = tqdm(total=args.episodes, initial=have, unit="ep", desc=f"collect {args.task}", dynamic_ncols=True)
+    bar = tqdm(total=episodes, initial=have, unit="ep", desc=f"collect {task}", dynamic_ncols=True)
 
     def commit(seed_after: int) -> None:
         nonlocal since_flush_attempts, since_flush_successes
@@ -141,23 +181,23 @@ def run(args: argparse.Namespace) -> int:
     seed = next_seed
     pending = 0
     try:
-        episodes = collect_expert_episodes(
-            args.task,
+        rollouts = collect_expert_episodes(
+            task,
             itertools.count(next_seed),
-            height=args.height,
-            width=args.width,
+            height=height,
+            width=width,
             cameras=cameras,
-            max_steps=args.max_steps,
-            noise=args.noise,
+            max_steps=max_steps,
+            noise=noise,
         )
-        for episode in episodes:
+        for episode in rollouts:
             seed = int(episode.meta.get("seed", seed))
             attempted += 1
             since_flush_attempts += 1
             if episode.success:
                 succeeded += 1
                 since_flush_successes += 1
-            if episode.success or args.keep_failures:
+            if episode.success or keep_failures:
                 writer.add_episode(episode)
                 pending += 1
                 bar.update(1)
@@ -165,10 +205,10 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(
                 ep_per_min=f"{attempted / max(minutes, 1e-9):.1f}", success=f"{succeeded}/{attempted}"
             )
-            if pending >= args.episodes_per_file:
+            if pending >= episodes_per_file:
                 commit(seed + 1)
                 pending = 0
-            if writer.num_episodes >= args.episodes or attempted >= max_attempts:
+            if writer.num_episodes >= episodes or attempted >= max_attempts:
                 break
         commit(seed + 1)
     except KeyboardInterrupt:
@@ -187,12 +227,11 @@ def run(args: argparse.Namespace) -> int:
         f"({progress['succeeded']}/{progress['attempted']} = {100 * total_rate:.1f} % overall)"
     )
     print(f"{root}: {writer.num_episodes} episodes, stats written to meta/stats.json and meta/xwam_norm.json")
-    if writer.num_episodes < args.episodes:
+    if writer.num_episodes < episodes:
         print(
-            f"warning: stopped after {attempted} attempts with {writer.num_episodes}/{args.episodes} episodes"
+            f"warning: stopped after {attempted} attempts with {writer.num_episodes}/{episodes} episodes"
         )
-        return 1
-    return 0
+    return writer.num_episodes
 
 
 def _stored_meta(root: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
                                      seed=args.seed).items() if v is not None}
     cfg = DemoConfig.quick_config(**changes) if args.quick else DemoConfig(**changes)
     if args.set:
-        cfg.overrides = [*cfg.overrides, *args.set]
+        cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *args.set])
     run_demo(cfg)
     return 0

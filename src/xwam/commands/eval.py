@@ -4,6 +4,12 @@ of the blind-replay baseline (one recorded demonstration's actions, open loop) o
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xwam.evaluate import TaskResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,21 +52,49 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.blind_replay:
+        eval_blind_replay(args.blind_replay, tasks=args.task, episodes=args.episodes, seed=args.seed,
+                          max_steps=args.max_steps, out=args.out)
+    else:
+        eval_policy(args.checkpoint, server=args.server, api_key=args.api_key, tasks=args.task or ["Lift"],
+                    episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
+                    replan_every=args.replan_every, rtc_delay=args.rtc_delay, videos=args.videos,
+                    out=args.out, device=args.device, action_steps=args.action_steps)
+    return 0
+
+
+def eval_policy(
+    checkpoint: str | Path | None = None,
+    *,
+    server: str | None = None,
+    api_key: str | None = None,
+    tasks: Sequence[str] = ("Lift",),
+    episodes: int = 50,
+    seed: int = 10_000,
+    max_steps: int | None = None,
+    replan_every: int | None = None,
+    rtc_delay: int = 0,
+    videos: int = 3,
+    out: str | Path = "out/eval",
+    device: str = "cpu",
+    action_steps: int | None = None,
+) -> list[TaskResult]:
+    """Closed-loop success of a checkpoint (run here) or of a running server (``HOST:PORT``) on seeds
+    ``seed..seed+episodes-1`` of every task; writes ``out``/results.json, results.md and per-task
+    folders (see ``xwam eval --help`` for the arguments)."""
     import os
-    from pathlib import Path
 
     from xwam.evaluate import evaluate, markdown_table, write_results
 
-    seeds = list(range(args.seed, args.seed + args.episodes))
-    if args.blind_replay:
-        return _run_blind_replay(args, seeds)
-    tasks = args.task or ["Lift"]
-    if args.checkpoint:
+    if (checkpoint is None) == (server is None):
+        raise ValueError("give exactly one of checkpoint and server")
+    seeds = list(range(seed, seed + episodes))
+    if checkpoint is not None:
         from xwam.policy import XWAMPolicy
 
-        policy = XWAMPolicy.from_checkpoint(args.checkpoint, device=args.device)
-        if args.action_steps:
-            policy.config.sampler.action_steps = args.action_steps
+        policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
+        if action_steps:
+            policy = policy.with_sampler(action_steps=action_steps)
         meta = policy.metadata
 
         def infer(obs, prefix):
@@ -68,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from xwam.serve.client import PolicyClient
 
-        host, _, port = args.server.rpartition(":")
-        client = PolicyClient(host or "127.0.0.1", int(port), api_key=args.api_key or os.environ.get("XWAM_API_KEY"))
+        host, _, port = server.rpartition(":")
+        client = PolicyClient(host or "127.0.0.1", int(port), api_key=api_key or os.environ.get("XWAM_API_KEY"))
         meta = client.metadata
 
         def infer(obs, prefix):
@@ -77,26 +111,34 @@ def run(args: argparse.Namespace) -> int:
                 obs = {**obs, "action_prefix": prefix}
             return client.infer(obs)["actions"]
 
-    print(f"evaluating on {tasks}, {args.episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
+    print(f"evaluating on {list(tasks)}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
     results = []
-    out = Path(args.out)
+    out = Path(out)
     for task in tasks:
         res = evaluate(
             infer, task=task, seeds=seeds, camera_names=meta["camera_names"],
             image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
-            replan_every=args.replan_every, rtc_delay=args.rtc_delay, max_steps=args.max_steps,
-            out_dir=out / task, videos=args.videos,
+            replan_every=replan_every, rtc_delay=rtc_delay, max_steps=max_steps,
+            out_dir=out / task, videos=videos,
         )
         results.append(res)
     write_results(out, results)
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
-    return 0
+    return results
 
 
-def _run_blind_replay(args: argparse.Namespace, seeds: list[int]) -> int:
-    from pathlib import Path
-
+def eval_blind_replay(
+    ref: str,
+    *,
+    tasks: Sequence[str] | None = None,
+    episodes: int = 50,
+    seed: int = 10_000,
+    max_steps: int | None = None,
+    out: str | Path = "out/eval",
+) -> list[TaskResult]:
+    """The blind-replay baseline: episode ``DATA[:EPISODE]``'s recorded actions executed open loop on
+    the same seeds as :func:`eval_policy`; ``tasks`` default to the task it was recorded in."""
     from xwam.evaluate import (
         evaluate_blind_replay,
         load_blind_replay,
@@ -105,15 +147,16 @@ def _run_blind_replay(args: argparse.Namespace, seeds: list[int]) -> int:
         write_results,
     )
 
-    root, episode = parse_replay_ref(args.blind_replay)
+    seeds = list(range(seed, seed + episodes))
+    root, episode = parse_replay_ref(ref)
     replay = load_blind_replay(root, episode)  # checked before any simulator starts
-    tasks = args.task or [replay.recorded_task or "Lift"]
+    tasks = list(tasks or [replay.recorded_task or "Lift"])
     print(f"{replay.label} ({len(replay.actions)} recorded actions"
           + (f", recorded on seed {replay.recorded_seed}" if replay.recorded_seed is not None else "")
-          + f") on {tasks}, {args.episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
-    out = Path(args.out)
-    results = [evaluate_blind_replay(root, episode, task, seeds, args.max_steps, out / task) for task in tasks]
+          + f") on {tasks}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
+    out = Path(out)
+    results = [evaluate_blind_replay(root, episode, task, seeds, max_steps, out / task) for task in tasks]
     write_results(out, results, extra={"baseline": replay.describe()})
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
-    return 0
+    return results

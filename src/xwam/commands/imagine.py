@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xwam.policy import XWAMPolicy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,18 +61,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
-    p.add_argument("--video-steps", type=int, default=None, help="override the sampler's video steps N")
+    p.add_argument("--video-steps", type=int, default=None, help="override the sampler's video steps N (action steps k become min(k, N))")
     p.add_argument("--max-depth", type=float, default=None, help="ignore depth beyond this many metres")
     p.add_argument("--voxel", type=float, default=0.005, help="voxel size (m) of the saved clouds (0: none)")
 
 
-def _policy(args):
+def load_policy(checkpoint: str | Path, *, device: str = "cpu", video_steps: int | None = None) -> XWAMPolicy:
+    """The checkpoint's policy, with ``video_steps`` video sampler steps when given."""
     from xwam.policy import XWAMPolicy
 
-    policy = XWAMPolicy.from_checkpoint(args.checkpoint, device=args.device)
-    if args.video_steps:
-        policy.config.sampler.video_steps = args.video_steps
-        policy.config.sampler.action_steps = min(policy.config.sampler.action_steps, args.video_steps)
+    policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
+    if video_steps:
+        # the action grid runs alongside the first video calls, so it cannot be longer (see --video-steps)
+        policy = policy.with_sampler(video_steps=video_steps,
+                                     action_steps=min(policy.config.sampler.action_steps, video_steps))
     return policy
 
 
@@ -81,7 +89,7 @@ def parse_episode_ref(ref: str) -> tuple[str, int, int | None]:
         raise ValueError(f"--episode must look like DATASET:EPISODE[:START] (e.g. data/lift:3), got {ref!r}") from exc
 
 
-def _imagine_from_episode(policy, episode, start: int, args, seed: int):
+def _imagine_from_episode(policy, episode, start: int, seed: int, *, max_depth: float | None, voxel: float):
     from xwam.imagine import clip_from_episode, imagine
 
     m = policy.config.model
@@ -93,7 +101,7 @@ def _imagine_from_episode(policy, episode, start: int, args, seed: int):
     imag = imagine(
         policy, {c: truth.rgb[c][0] for c in cams}, truth.states[0], episode.task,
         {c: episode.intrinsics[c][f0] for c in cams}, {c: episode.extrinsics[c][f0] for c in cams},
-        seed=seed, max_depth=args.max_depth, voxel=args.voxel or None,
+        seed=seed, max_depth=max_depth, voxel=voxel or None,
     )
     return imag, truth
 
@@ -106,43 +114,65 @@ def _check_resolution(policy, episode) -> None:
 
 
 def run_imagine(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    imagine_future(args.checkpoint, args.out, episode=args.episode, task=args.task, seed=args.seed,
+                   rerun=args.rerun, device=args.device, video_steps=args.video_steps, max_depth=args.max_depth,
+                   voxel=args.voxel)
+    return 0
 
+
+def imagine_future(
+    checkpoint: str | Path,
+    out: str | Path = "out/imagine",
+    *,
+    episode: str | None = None,
+    task: str | None = None,
+    seed: int = 0,
+    rerun: bool = False,
+    device: str = "cpu",
+    video_steps: int | None = None,
+    max_depth: float | None = None,
+    voxel: float = 0.005,
+) -> dict[str, Path]:
+    """Imagine the 4D future from frame START of a recorded episode (``episode="DATA:INDEX[:START]"``) or
+    from a fresh simulator episode of ``task`` (seeded ``seed``); writes the outputs of
+    ``xwam imagine`` to ``out`` and returns their paths (see ``xwam imagine --help``)."""
     from xwam.geometry.metrics import evaluate_4d
     from xwam.imagine import imagine, write_outputs
 
-    policy = _policy(args)
+    if (episode is None) == (task is None):
+        raise ValueError("give exactly one of episode and task")
+    policy = load_policy(checkpoint, device=device, video_steps=video_steps)
     m = policy.config.model
     fps_video = None
-    if args.episode:
+    if episode:
         from xwam.data import open_dataset
 
-        root, index, start = parse_episode_ref(args.episode)
+        root, index, start = parse_episode_ref(episode)
         dataset = open_dataset(root)
         if not 0 <= index < dataset.num_episodes:
             raise ValueError(f"episode {index} out of range: {root} has {dataset.num_episodes} episodes")
-        episode = dataset.episode(index)
-        _check_resolution(policy, episode)
-        imag, truth = _imagine_from_episode(policy, episode, start or 0, args, args.seed)
-        fps_video = episode.fps / m.frame_skip
+        recorded = dataset.episode(index)
+        _check_resolution(policy, recorded)
+        imag, truth = _imagine_from_episode(policy, recorded, start or 0, seed, max_depth=max_depth, voxel=voxel)
+        fps_video = recorded.fps / m.frame_skip
     else:
         from xwam.sim.envs import make_env
 
-        with make_env(args.task, cameras=policy.camera_names, height=m.image_height, width=m.image_width) as env:
-            obs = env.reset(args.seed)
+        with make_env(task, cameras=policy.camera_names, height=m.image_height, width=m.image_width) as env:
+            obs = env.reset(seed)
             imag = imagine(policy, obs.rgb, obs.state, env.instruction, obs.intrinsics, obs.extrinsics,
-                           seed=args.seed, max_depth=args.max_depth, voxel=args.voxel or None)
+                           seed=seed, max_depth=max_depth, voxel=voxel or None)
             fps_video = env.control_freq / m.frame_skip
         truth = None
     metrics = None
     if truth is not None and truth.depth is not None:
-        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
-    paths = write_outputs(args.out, imag, truth, fps=max(1.0, fps_video),
+        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=max_depth, lpips=True)
+    paths = write_outputs(out, imag, truth, fps=max(1.0, fps_video),
                           near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics)
-    if args.rerun:
+    if rerun:
         from xwam.viz import export_rerun
 
-        rrd = export_rerun(Path(args.out) / "imagination.rrd", imag.clouds)
+        rrd = export_rerun(Path(out) / "imagination.rrd", imag.clouds)
         print("rerun:", rrd or "rerun-sdk is not installed; skipped")
     print(f"imagined {len(imag.clouds)} frames x {len(imag.camera_names)} views in {imag.timing_ms['total_ms']:.0f} ms")
     for name, path in paths.items():
@@ -152,14 +182,14 @@ def run_imagine(args: argparse.Namespace) -> int:
 
         for row in metrics_rows(metrics):
             print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-    return 0
+    return paths
 
 
-def _select(spec: str, n: int) -> list[int]:
-    if ":" in spec:
+def _select(spec: str | Sequence[int], n: int) -> list[int]:
+    if isinstance(spec, str) and ":" in spec:
         parts = [int(p) if p else None for p in spec.split(":")]
         return list(range(n))[slice(*parts)]
-    out = [int(x) for x in spec.split(",") if x.strip()]
+    out = [int(x) for x in spec.split(",") if x.strip()] if isinstance(spec, str) else [int(x) for x in spec]
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise ValueError(f"episode indices {bad} out of range (the dataset has {n} episodes)")
@@ -167,34 +197,55 @@ def _select(spec: str, n: int) -> list[int]:
 
 
 def run_eval_4d(args: argparse.Namespace) -> int:
-    import json
-    import math
-    from pathlib import Path
+    eval_4d(args.checkpoint, args.data, args.out, episodes=args.episodes, starts=args.starts, seed=args.seed,
+            save_clips=args.save_clips, device=args.device, video_steps=args.video_steps,
+            max_depth=args.max_depth, voxel=args.voxel)
+    return 0
 
+
+def eval_4d(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path = "out/eval-4d",
+    *,
+    episodes: str | Sequence[int] = "-3:",
+    starts: int = 2,
+    seed: int = 0,
+    save_clips: int = 1,
+    device: str = "cpu",
+    video_steps: int | None = None,
+    max_depth: float | None = None,
+    voxel: float = 0.005,
+) -> dict[str, Any]:
+    """4D quality of the model's futures against the recorded ones, beside the frozen present, on
+    ``starts`` clips of each selected episode (a slice like ``"-3:"``, a comma list, or indices);
+    writes ``out``/metrics.json and metrics.md (see ``xwam eval-4d --help``) and returns metrics.json's
+    content."""
     import numpy as np
     from tqdm import tqdm
 
+    from xwam.atomic import atomic_write_json, atomic_write_text
     from xwam.data import open_dataset
     from xwam.geometry.metrics import evaluate_4d
     from xwam.imagine import frozen_present, write_outputs
 
-    policy = _policy(args)
+    policy = load_policy(checkpoint, device=device, video_steps=video_steps)
     m = policy.config.model
-    dataset = open_dataset(args.data)
-    episodes = _select(args.episodes, dataset.num_episodes)
-    if not episodes:
+    dataset = open_dataset(data)
+    selected = _select(episodes, dataset.num_episodes)
+    if not selected:
         raise ValueError("no episodes selected")
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clips, saved = [], 0
     span = (m.num_frames - 1) * m.frame_skip
     jobs = []
-    for e in episodes:
+    for e in selected:
         length = dataset.episode_length(e)
         if length <= span:
             continue
-        starts = np.linspace(0, length - 1 - span, num=max(1, args.starts)).round().astype(int)
-        jobs += [(e, int(s)) for s in sorted(set(starts.tolist()))]
+        first = np.linspace(0, length - 1 - span, num=max(1, starts)).round().astype(int)
+        jobs += [(e, int(s)) for s in sorted(set(first.tolist()))]
     if not jobs:
         raise ValueError(f"no selected episode is longer than one clip ({span + 1} frames)")
     cache = {}
@@ -204,27 +255,25 @@ def run_eval_4d(args: argparse.Namespace) -> int:
             cache[e] = dataset.episode(e)
             _check_resolution(policy, cache[e])
         episode = cache[e]
-        imag, truth = _imagine_from_episode(policy, episode, start, args, args.seed + i)
-        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=args.max_depth, lpips=True)
-        frozen = evaluate_4d(frozen_present(truth), truth.as_dict(), max_depth=args.max_depth, lpips=True)
+        imag, truth = _imagine_from_episode(policy, episode, start, seed + i, max_depth=max_depth, voxel=voxel)
+        metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=max_depth, lpips=True)
+        frozen = evaluate_4d(frozen_present(truth), truth.as_dict(), max_depth=max_depth, lpips=True)
         clips.append({"episode": e, "start": start, "metrics": metrics, "baseline_frozen": frozen})
-        if saved < args.save_clips:
+        if saved < save_clips:
             write_outputs(out / f"episode{e}_start{start}", imag, truth, fps=max(1.0, episode.fps / m.frame_skip),
                           near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics,
                           title=f"xwam eval-4d: episode {e}, start {start}")
             saved += 1
     summary = aggregate(clips)
     frozen_summary = aggregate(clips, key="baseline_frozen")
-    payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), "clips": clips, "summary": summary,
+    payload = {"checkpoint": str(checkpoint), "data": str(data), "clips": clips, "summary": summary,
                "summary_baseline_frozen": frozen_summary}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
-    tmp.replace(out / "metrics.json")
+    atomic_write_json(out / "metrics.json", payload)
     table = markdown(summary, len(clips), baseline=frozen_summary)
-    (out / "metrics.md").write_text(table)
+    atomic_write_text(out / "metrics.md", table)
     print(table)
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
-    return 0
+    return payload
 
 
 METRICS = ("psnr", "ssim", "lpips", "abs_rel", "delta1", "chamfer")

@@ -34,7 +34,7 @@ dataset_index       int64 tensor               which source dataset
 instruction         str                        one instruction (sampled if the episode has several)
 ==================  =========================  ================================================
 
-Augmentation (``ClipConfig.augment``; deterministic given ``seed``, epoch and index, or an explicit
+Augmentation (``ClipConfig.augment``; deterministic given ``seed`` and the index, or an explicit
 generator): per view a random crop of ``crop_scale`` (95 %) of the image area with the image's
 aspect ratio, the same for all frames of the view and for RGB and depth, resized back (bilinear for
 RGB, nearest for depth so no depth is invented at edges) with intrinsics adjusted so unprojection
@@ -53,12 +53,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset
 
 from xwam.data.stats import NormStats
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipConfig:
     num_frames: int = 9
     frame_skip: int = 4
@@ -115,8 +115,8 @@ class ClipConfig:
 class ClipDataset(Dataset):
     """All valid clips of one or several datasets (``LeRobotV3Dataset``, ``ReleaseDataset``...).
 
-    ``weights`` (one per source) set the mixture: :meth:`sampler` draws source ``d`` with
-    probability ``weights[d] / sum(weights)`` and a clip uniformly within it.
+    ``weights`` (one per source) set the mixture: under :meth:`sample_weights` source ``d`` is drawn
+    with probability ``weights[d] / sum(weights)`` and a clip uniformly within it.
     """
 
     def __init__(
@@ -153,7 +153,6 @@ class ClipDataset(Dataset):
         self.with_cameras = all(
             getattr(s, "has_intrinsics", False) and getattr(s, "has_extrinsics", False) for s in self.sources
         )
-        self.epoch = 0
         index: list[tuple[int, int, int]] = []
         self.source_counts: list[int] = []
         for d, src in enumerate(self.sources):
@@ -175,23 +174,15 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draws (same index + same epoch = same sample)."""
-        self.epoch = int(epoch)
-
     def sample_weights(self) -> torch.Tensor:
         """Per-clip probabilities realising the dataset mixture (sums to 1)."""
         total = sum(w for w, n in zip(self.weights, self.source_counts) if n)
         per_source = [(w / total / n) if n else 0.0 for w, n in zip(self.weights, self.source_counts)]
         return torch.as_tensor(np.asarray(per_source)[self.index[:, 0]], dtype=torch.float64)
 
-    def sampler(self, num_samples: int, generator: torch.Generator | None = None) -> WeightedRandomSampler:
-        return WeightedRandomSampler(
-            self.sample_weights(), num_samples, replacement=True, generator=generator
-        )
-
     def _generator(self, idx: int) -> torch.Generator:
-        digest = hashlib.sha256(f"{self.config.seed}/{self.epoch}/{idx}".encode()).digest()
+        # the "/0/" was an epoch counter nothing changed; kept so the draws stay those of earlier runs
+        digest = hashlib.sha256(f"{self.config.seed}/0/{idx}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
     def __getitem__(self, idx: int) -> dict[str, Any]:

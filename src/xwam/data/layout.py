@@ -1,4 +1,5 @@
-"""Names of the state and action dimensions (one place, shared by writers, readers and statistics).
+"""Names of the state and action dimensions (one place, shared by writers, readers and statistics),
+and the keys of a flat observation dict.
 
 State per arm: [x, y, z, qw, qx, qy, qz, gripper] (8 dims; two arms = 16, left first).
 Action per arm: [dx, dy, dz, rx, ry, rz, gripper] (7 dims; two arms = 14): delta position,
@@ -10,6 +11,11 @@ from __future__ import annotations
 ARM_STATE_NAMES = ["x", "y", "z", "qw", "qx", "qy", "qz", "gripper"]
 ARM_ACTION_NAMES = ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]
 QUATERNION_NAMES = {"qw", "qx", "qy", "qz"}
+
+# A flat observation (the openpi layout the policy, the server, eval and imagine share) holds one
+# image per camera under OBS_IMAGE_PREFIX + camera, the state under OBS_STATE_KEY and "prompt".
+OBS_IMAGE_PREFIX = "observation/images/"
+OBS_STATE_KEY = "observation/state"
 
 
 def default_state_names(dim: int) -> list[str]:

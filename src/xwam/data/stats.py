@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from xwam.atomic import atomic_write_json
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names, quaternion_dims
 
@@ -183,8 +184,6 @@ class NormStats:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            from xwam.data.lerobot import atomic_write_json
-
             atomic_write_json(path, self.to_dict())
         return text
 
@@ -310,7 +309,7 @@ def compute_lerobot_stats(
     ``image_episodes`` evenly spaced episodes): LeRobot uses them only for optional image
     normalisation, so a sample is enough.
     """
-    from xwam.data.lerobot import column_to_numpy
+    from xwam.data.lerobot_reader import column_to_numpy
 
     stats: dict[str, Any] = {}
     numeric_keys = [
@@ -349,7 +348,7 @@ def compute_lerobot_stats(
 
 def write_dataset_stats(root: str | Path, *, images: bool = True) -> NormStats:
     """Compute and write ``meta/stats.json`` (LeRobot) and ``meta/xwam_norm.json`` (NormStats)."""
-    from xwam.data.lerobot import NORM_PATH, STATS_PATH, LeRobotV3Dataset, atomic_write_json
+    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset
 
     dataset = LeRobotV3Dataset(root, cache_size=0)
     lerobot_stats = compute_lerobot_stats(dataset, image_episodes=4 if images else 0)
@@ -361,7 +360,7 @@ def write_dataset_stats(root: str | Path, *, images: bool = True) -> NormStats:
 
 def load_dataset_norm_stats(root: str | Path) -> NormStats:
     """The dataset's NormStats: ``meta/xwam_norm.json``, else derived from LeRobot's stats.json."""
-    from xwam.data.lerobot import NORM_PATH, STATS_PATH, LeRobotV3Dataset
+    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset
 
     root = Path(root)
     if (root / NORM_PATH).is_file():

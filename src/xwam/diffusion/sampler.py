@@ -67,6 +67,8 @@ class Conditioning:
     action_prefix: (B, d, A) actions already committed to the robot (real-time chunking): the
     first d actions of the chunk are given clean (t = 0) and kept, so the rest continues from them
     (models learn this with ``DiffusionConfig.action_prefix_prob``).
+    action_prefix_len: (B,) per-sample prefix lengths d_b <= d (rows of ``action_prefix`` past d_b
+    are padding and ignored; 0 means no prefix); None means every sample uses all d rows.
     """
 
     video0: torch.Tensor
@@ -74,6 +76,7 @@ class Conditioning:
     text: torch.Tensor
     text_uncond: torch.Tensor | None = None
     action_prefix: torch.Tensor | None = None
+    action_prefix_len: torch.Tensor | None = None
 
 
 @dataclass
@@ -128,9 +131,9 @@ class AsyncSampler:
         action_steps = video_steps if cfg.synchronous else cfg.action_steps
         calls = action_steps if mode == "policy" else video_steps
         video_solver, action_solver = self._solver(video_steps), self._solver(action_steps)
-        guided = cfg.cfg_scale != 1.0
+        guided = cfg.guidance_scale != 1.0
         if guided and cond.text_uncond is None:
-            raise ValueError("classifier-free guidance (cfg_scale != 1) needs Conditioning.text_uncond")
+            raise ValueError("classifier-free guidance (guidance_scale != 1) needs Conditioning.text_uncond")
 
         def randn(*shape: int) -> torch.Tensor:
             return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
@@ -139,11 +142,7 @@ class AsyncSampler:
         x_video = randn(batch, mcfg.num_views, mcfg.latent_channels, frames, height, width)
         x_video[:, :, :, :1] = cond.video0
         x_actions = randn(batch, mcfg.action_horizon, mcfg.action_dim)
-        prefix = cond.action_prefix
-        if prefix is not None:
-            if prefix.shape[1] > mcfg.action_horizon or prefix.shape[2] != mcfg.action_dim:
-                raise ValueError(f"action_prefix {tuple(prefix.shape)} does not fit the chunk "
-                                 f"({mcfg.action_horizon} x {mcfg.action_dim})")
+        prefix, prefix_len, keep = _prefix(cond, batch, mcfg.action_horizon, mcfg.action_dim, device)
         x_states = randn(batch, mcfg.num_states, mcfg.state_dim)
         x_states[:, 0] = cond.state0
         text = cond.text
@@ -158,17 +157,16 @@ class AsyncSampler:
             actions_active = i < action_steps
             t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
             run_depth = want_depth and (depth_every_call or i == calls - 1)
-            prefix_len = None
             if prefix is not None:
                 # committed actions enter clean (t = 0), as in training with action prefixes
-                x_actions[:, : prefix.shape[1]] = prefix
-                prefix_len = torch.full((batch,), prefix.shape[1], device=device)
+                x_actions = torch.where(keep, prefix, x_actions)
             inputs = [x_video, x_actions, x_states]
+            call_prefix_len = prefix_len
             if guided:
                 inputs = [torch.cat([x, x], 0) for x in inputs]
                 t_video, t_action = t_video.repeat(2), t_action.repeat(2)
-                prefix_len = None if prefix_len is None else prefix_len.repeat(2)
-            extra = {} if prefix_len is None else {"action_prefix_len": prefix_len}
+                call_prefix_len = None if prefix_len is None else prefix_len.repeat(2)
+            extra = {} if call_prefix_len is None else {"action_prefix_len": call_prefix_len}
             out = model(
                 inputs[0].to(dtype), text.to(dtype), t_video, t_action, inputs[1].to(dtype), inputs[2].to(dtype),
                 depth=run_depth, **extra,
@@ -176,7 +174,7 @@ class AsyncSampler:
             v_video, v_actions, v_states = out.video.float(), out.actions.float(), out.states.float()
             if guided:
                 v_video, v_actions, v_states = (
-                    u + cfg.cfg_scale * (c - u) for c, u in (v.chunk(2, 0) for v in (v_video, v_actions, v_states))
+                    u + cfg.guidance_scale * (c - u) for c, u in (v.chunk(2, 0) for v in (v_video, v_actions, v_states))
                 )
             if out.depth is not None:
                 result.depth = out.depth.float()[:batch]
@@ -197,7 +195,7 @@ class AsyncSampler:
             result.calls = i + 1
             if i == action_steps - 1:
                 if prefix is not None:
-                    x_actions[:, : prefix.shape[1]] = prefix
+                    x_actions = torch.where(keep, prefix, x_actions)
                 result.actions, result.states = x_actions, x_states
                 result.time_to_action_ms = (time.perf_counter() - start) * 1000
                 yield SamplerEvent("actions", i + 1, result)
@@ -223,3 +221,26 @@ class AsyncSampler:
                 on_actions(event.result)
             result = event.result
         return result
+
+
+def _prefix(
+    cond: Conditioning, batch: int, horizon: int, action_dim: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The committed prefix padded to the chunk (B, K, A), its lengths (B,) and where it applies (B, K, 1)."""
+    prefix = cond.action_prefix
+    if prefix is None:
+        return None, None, None
+    if prefix.ndim != 3 or prefix.shape[0] != batch or prefix.shape[1] > horizon or prefix.shape[2] != action_dim:
+        raise ValueError(f"action_prefix {tuple(prefix.shape)} does not fit a batch of {batch} chunks "
+                         f"({horizon} x {action_dim})")
+    lengths = cond.action_prefix_len
+    if lengths is None:
+        lengths = torch.full((batch,), prefix.shape[1], device=device, dtype=torch.long)
+    lengths = lengths.to(device=device, dtype=torch.long)
+    if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > prefix.shape[1]).any()):
+        raise ValueError(f"action_prefix_len must be (B,) = ({batch},) with values in [0, {prefix.shape[1]}], "
+                         f"got {lengths.tolist()}")
+    padded = torch.zeros(batch, horizon, action_dim, device=device, dtype=torch.float32)
+    padded[:, : prefix.shape[1]] = prefix.to(device=device, dtype=torch.float32)
+    keep = (torch.arange(horizon, device=device)[None] < lengths[:, None])[..., None]
+    return padded, lengths, keep

@@ -11,11 +11,11 @@ elements after ``vertex`` are ignored); it exists mainly so tests and tools can 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from xwam.atomic import atomic_write_bytes
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -60,16 +60,7 @@ def write_ply(path: str | Path, points: np.ndarray, colours: np.ndarray | None =
         header_lines += [f"property uchar {n}" for n in ("red", "green", "blue")]
     header = ("\n".join(header_lines) + "\nend_header\n").encode("ascii")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(header)
-            stream.write(records.tobytes())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, header + records.tobytes())
     return path
 
 

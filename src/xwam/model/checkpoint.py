@@ -9,15 +9,13 @@ crash mid-save never leaves a half-written checkpoint in place of the previous o
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from xwam.atomic import atomic_write_dir  # also imported from here by the trainer
 from xwam.config import XWAMConfig
 from xwam.model.transformer import XWAMTransformer
 
@@ -30,30 +28,6 @@ CODEC_FILE = "codec.safetensors"
 def is_xwam_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     return (path / MODEL_FILE).exists() and (path / CONFIG_FILE).exists()
-
-
-def atomic_write_dir(target: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` onto ``target`` atomically (replacing it)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def save_checkpoint(

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from diffusers import WanTransformer3DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from xwam.config import ModelConfig
 from xwam.model.rope import apply_rope, rope_cos_sin, temporal_positions, video_positions
@@ -101,28 +102,53 @@ def self_attention(
     return out, (k, v)
 
 
-def block_forward(
-    block: nn.Module,
-    x: torch.Tensor,
-    context: torch.Tensor,
-    mod: torch.Tensor,
-    rope: tuple[torch.Tensor, torch.Tensor],
-    extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """One ``WanTransformerBlock`` with per-token modulation ``mod`` (B, L, 6, D), reusing its modules.
+class XWAMBlock(WanTransformerBlock):
+    """A Wan2.2 block run with per-token modulation, exposing its K/V and reading extra K/V.
 
-    Same arithmetic as ``WanTransformerBlock.forward``; additionally exposes the block's K/V and
-    accepts extra K/V for the depth branch.
+    Same parameters, state-dict keys and arithmetic as diffusers' ``WanTransformerBlock`` (Wan2.2
+    weights load unchanged); ``forward`` additionally returns the block's post-RoPE K/V and appends
+    ``extra_kv`` to its own, which is how a depth block reads its main-branch twin. Blocks are called
+    as modules, so hooks (FSDP2 unsharding, activation checkpointing, profilers) see every call.
     """
-    shift, scale, gate, c_shift, c_scale, c_gate = _modulation(block.scale_shift_table, mod, 6)
-    h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-    attn_out, kv = self_attention(block.attn1, h, rope, extra_kv)
-    x = (x.float() + attn_out * gate).type_as(x)
-    h = block.norm2(x.float()).type_as(x)
-    x = x + block.attn2(h, context, None, None)
-    h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-    x = (x.float() + block.ffn(h).float() * c_gate).type_as(x)
-    return x, kv
+
+    @classmethod
+    def from_wan(cls, block: WanTransformerBlock) -> XWAMBlock:
+        """The same block as an ``XWAMBlock``, holding the very same parameter tensors (no copy)."""
+        if isinstance(block, cls):
+            return block
+        attn2 = block.attn2
+        with torch.device("meta"):
+            new = cls(
+                dim=block.norm1.normalized_shape[0],
+                ffn_dim=block.ffn.net[0].proj.out_features,
+                num_heads=block.attn1.heads,
+                cross_attn_norm=not isinstance(block.norm2, nn.Identity),
+                eps=block.norm1.eps,
+                added_kv_proj_dim=attn2.add_k_proj.in_features if getattr(attn2, "add_k_proj", None) is not None
+                else None,
+            )
+        new.load_state_dict(block.state_dict(keep_vars=True), assign=True)
+        new.train(block.training)
+        return new
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        mod: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``mod``: per-token modulation (B, L, 6, D); returns the new ``x`` and this block's K/V."""
+        shift, scale, gate, c_shift, c_scale, c_gate = _modulation(self.scale_shift_table, mod, 6)
+        h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        attn_out, kv = self_attention(self.attn1, h, rope, extra_kv)
+        x = (x.float() + attn_out * gate).type_as(x)
+        h = self.norm2(x.float()).type_as(x)
+        x = x + self.attn2(h, context, None, None)
+        h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+        x = (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        return x, kv
 
 
 class DepthBranch(nn.Module):
@@ -158,6 +184,7 @@ class XWAMTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else WanTransformer3DModel(**wan_backbone_kwargs(cfg))
+        self.backbone.blocks = nn.ModuleList(XWAMBlock.from_wan(b) for b in self.backbone.blocks)
         dim = cfg.hidden_dim
         self.view_embedding = nn.Embedding(cfg.num_views, dim)
         nn.init.normal_(self.view_embedding.weight, std=0.02)
@@ -242,7 +269,10 @@ class XWAMTransformer(nn.Module):
             freq = emb.timesteps_proj(unique).float()
             temb = emb.time_embedder(freq.to(emb.time_embedder.linear_1.weight.dtype)).float()
             proj = emb.time_proj(emb.act_fn(temb).to(emb.time_proj.weight.dtype)).float()
-        return temb[inverse], proj[inverse].unflatten(-1, (6, -1))
+        # index_select, not temb[inverse]: its backward accumulates in a fixed order on any thread count
+        index = inverse.flatten()
+        temb = temb.index_select(0, index).unflatten(0, inverse.shape)
+        return temb, proj.index_select(0, index).unflatten(0, inverse.shape).unflatten(-1, (6, -1))
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(
@@ -255,14 +285,12 @@ class XWAMTransformer(nn.Module):
         states: torch.Tensor | None = None,
         depth: bool = False,
         condition_frames: int = 1,
-        timesteps: torch.Tensor | None = None,
         action_prefix_len: torch.Tensor | None = None,
     ) -> XWAMOutput:
         """Predict velocities (and optionally clean depth latents).
 
         video: (B, V, C, T, h, w) noisy latents; text: (B, L_text, text_dim); t_video, t_action: (B,)
-        sigmas in [0, 1]; actions: (B, K, action_dim); states: (B, S, state_dim). ``timesteps``
-        (B, L) overrides the per-token times built from t_video/t_action; ``action_prefix_len`` (B,)
+        sigmas in [0, 1]; actions: (B, K, action_dim); states: (B, S, state_dim); ``action_prefix_len`` (B,)
         marks that many leading actions as clean (committed).
         """
         cfg, bb = self.cfg, self.backbone
@@ -273,7 +301,7 @@ class XWAMTransformer(nn.Module):
         grid = (frames // pt, height // ph, width // pw)
         num_states = 0 if states is None else states.shape[1]
         num_actions = 0 if actions is None else actions.shape[1]
-        if (num_states or num_actions) and t_action is None and timesteps is None:
+        if (num_states or num_actions) and t_action is None:
             raise ValueError("t_action is required when action or state tokens are given")
 
         # video tokens: per-view patchify, then (frame, view, row, col) order plus the view embedding
@@ -293,9 +321,8 @@ class XWAMTransformer(nn.Module):
         x = torch.cat(parts, dim=1).contiguous()
         num_video = parts[0].shape[1]
 
-        if timesteps is None:
-            timesteps = self.token_timesteps(grid, t_video, t_action, num_states, num_actions, condition_frames,
-                                             action_prefix_len)
+        timesteps = self.token_timesteps(grid, t_video, t_action, num_states, num_actions, condition_frames,
+                                         action_prefix_len)
         temb, mod = self._time_embedding(timesteps)
         context = bb.condition_embedder.text_embedder(text.to(x.dtype))
         rope = self._rope(grid, num_states, num_actions, x.device)
@@ -326,12 +353,10 @@ class XWAMTransformer(nn.Module):
             depth=self._unpatchify(out_depth, batch, grid) if out_depth is not None else None,
         )
 
-    def _run(self, block, x, context, mod, rope, extra_kv=None):
+    def _run(self, block: XWAMBlock, x, context, mod, rope, extra_kv=None):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                block_forward, block, x, context, mod, rope, extra_kv, use_reentrant=False
-            )
-        return block_forward(block, x, context, mod, rope, extra_kv)
+            return torch.utils.checkpoint.checkpoint(block, x, context, mod, rope, extra_kv, use_reentrant=False)
+        return block(x, context, mod, rope, extra_kv)
 
     def _unpatchify(self, tokens: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
         pt, ph, pw = self.cfg.patch_size
@@ -343,9 +368,6 @@ class XWAMTransformer(nn.Module):
     # ---- conveniences -------------------------------------------------------------------------
     def enable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = True
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def reset_depth_branch_from_backbone(self) -> None:
         """Copy the last M backbone blocks into the depth branch (after loading backbone weights)."""

@@ -24,7 +24,6 @@ import base64
 import html
 import io
 import math
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from xwam.atomic import atomic_write_text
 from xwam.geometry.pointcloud import downsample_to_count
 from xwam.viz.video import tile_grid, write_video
 
@@ -345,15 +345,4 @@ class HtmlReport:
 
     def write(self, path: str | Path) -> Path:
         """Write the page to ``path`` atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(self.to_html())
-            os.chmod(temp_name, 0o644)  # mkstemp makes it private; a report is meant to be shared
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_html())

@@ -6,12 +6,12 @@ so callers can offer the export opportunistically next to the HTML report.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from xwam.atomic import atomic_path
 
 
 def rerun_available() -> bool:
@@ -42,12 +42,9 @@ def export_rerun(
     import rerun as rr
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp_name:
         recording = rr.RecordingStream(application_id)
-        recording.save(temp_name)
+        recording.save(str(temp_name))
         for t, (points, colours) in enumerate(frames):
             points = np.asarray(points, dtype=np.float32)
             if points.ndim != 2 or points.shape[1] != 3:
@@ -59,8 +56,4 @@ def export_rerun(
             recording.log(entity, rr.Points3D(points, colors=colours, radii=radius))
         recording.flush()
         recording.disconnect()
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
     return path

@@ -9,8 +9,6 @@ yuv420p requires.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from xwam.atomic import atomic_path
 
 GRID_GAP = 2  # pixels between tiles
 LABEL_PADDING = 2
@@ -133,11 +133,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
         raise ValueError(f"{path}: H.264 yuv420p needs an even width and height, got {width}x{height}")
     if not fps > 0:
         raise ValueError(f"{path}: fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        with av.open(temp_name, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    with atomic_path(path) as temp_name:
+        with av.open(str(temp_name), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "medium"}
@@ -145,10 +142,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 
                 video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 container.mux(stream.encode(video_frame.reformat(format="yuv420p")))
             container.mux(stream.encode(None))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
     return path
 
 

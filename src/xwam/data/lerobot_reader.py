@@ -1,0 +1,386 @@
+"""LeRobot dataset v3.0: the layout (paths, feature keys) and the reader (pyarrow + PyAV; no `lerobot`).
+
+Layout::
+
+    meta/info.json                               codebase_version "v3.0", fps, features, templates, totals
+    meta/stats.json                              LeRobot statistics (see xwam.data.stats)
+    meta/xwam_norm.json                          our normalisation statistics (NormStats)
+    meta/tasks.parquet                           task strings (pandas index "task") -> task_index
+    meta/episodes/chunk-XXX/file-XXX.parquet     one row per episode (lengths, tasks, file offsets)
+    data/chunk-XXX/file-XXX.parquet              one row per frame
+    videos/<video_key>/chunk-XXX/file-XXX.mp4    many episodes per file, located by timestamps
+
+Feature keys: ``observation.images.<cam>`` (RGB video, H.264 yuv420p), ``observation.depth.<cam>``
+(12-bit log-quantised depth video, FFV1 gray12le, ``video.is_depth_map: true``),
+``observation.state``, ``action``, ``observation.cameras.<cam>.intrinsics`` (9 floats, row-major
+3x3) and ``.extrinsics`` (16 floats, row-major 4x4 camera-to-world, OpenCV axes), plus LeRobot's
+``timestamp``, ``frame_index``, ``episode_index``, ``index`` and ``task_index``. What LeRobot has no
+slot for (camera order, depth quantiser, state/action names, robot type) sits in ``info["xwam"]``.
+
+``info.json``'s ``total_episodes`` is the commit point: the reader ignores any episode at or beyond
+it (see the writer in :mod:`xwam.data.lerobot`). Kept apart from the writer so that
+:mod:`xwam.data.stats` can read datasets while the writer computes statistics on close.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xwam.data.episode import Episode, EpisodeCache
+from xwam.data.errors import DatasetError
+from xwam.data.video import DepthQuantizer, decode_frames
+
+CODEBASE_VERSION = "v3.0"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+INFO_PATH = "meta/info.json"
+TASKS_PATH = "meta/tasks.parquet"
+STATS_PATH = "meta/stats.json"
+NORM_PATH = "meta/xwam_norm.json"
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+def rgb_key(cam: str) -> str:
+    return f"observation.images.{cam}"
+
+
+def depth_key(cam: str) -> str:
+    return f"observation.depth.{cam}"
+
+
+def intrinsics_key(cam: str) -> str:
+    return f"observation.cameras.{cam}.intrinsics"
+
+
+def extrinsics_key(cam: str) -> str:
+    return f"observation.cameras.{cam}.extrinsics"
+
+
+def read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
+    if not path.is_file():
+        raise DatasetError(f"{what} file missing: {path}")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{what} file {path} is corrupt or unreadable: {exc}") from exc
+
+
+def column_to_numpy(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """A list / fixed-size-list column as a (rows, dim) array, a scalar column as (rows,)."""
+    if name not in table.column_names:
+        raise DatasetError(f"{where}: column {name!r} is missing")
+    col = table.column(name).combine_chunks()
+    if (
+        pa.types.is_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+        or pa.types.is_large_list(col.type)
+    ):
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        rows = len(col)
+        return flat.reshape(rows, -1) if rows else flat.reshape(0, 0)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def load_tasks(root: Path) -> dict[str, int]:
+    path = root / TASKS_PATH
+    table = read_parquet(path, "tasks")
+    if "task_index" not in table.column_names:
+        raise DatasetError(f"{path}: no 'task_index' column")
+    indices = table.column("task_index").to_pylist()
+    text_cols = [
+        c for c in table.column_names if c != "task_index" and pa.types.is_string(table.schema.field(c).type)
+    ]
+    if not text_cols:
+        raise DatasetError(
+            f"{path}: no task string column (expected the index 'task' or '__index_level_0__')"
+        )
+    name = "task" if "task" in text_cols else text_cols[0]
+    return {t: int(i) for t, i in zip(table.column(name).to_pylist(), indices)}
+
+
+def load_info(root: Path) -> dict[str, Any]:
+    path = root / INFO_PATH
+    if not path.is_file():
+        raise DatasetError(f"not a LeRobot dataset: {path} is missing")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+    version = str(info.get("codebase_version", ""))
+    if not version.startswith("v3"):
+        raise DatasetError(
+            f"{path}: codebase_version {version!r} is not v3.x (convert v2.x datasets with LeRobot first)"
+        )
+    for key in ("fps", "features", "total_episodes"):
+        if key not in info:
+            raise DatasetError(f"{path}: field {key!r} is missing")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------------
+class LeRobotV3Dataset:
+    """Read-only view of a LeRobot v3.0 dataset as Episodes (ours, or RGB-only ones LeRobot wrote).
+
+    ``episode(i)`` decodes only episode ``i``'s frames from each video (seeking to its start) and
+    keeps the last ``cache_size`` decoded episodes in an LRU cache, so clip sampling that revisits
+    an episode decodes it once. Depth, intrinsics and extrinsics are None when the dataset has none.
+    """
+
+    def __init__(self, root: str | Path, *, cache_size: int = 8, load_depth: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset folder not found: {self.root}")
+        self.info = load_info(self.root)
+        self.fps = float(self.info["fps"])
+        self.features: dict[str, Any] = self.info["features"]
+        self.load_depth = load_depth
+        self.cache_size = max(0, int(cache_size))
+        self._cache = EpisodeCache(self.cache_size)
+        self._tables: OrderedDict[Path, pa.Table] = OrderedDict()
+        x = self.info.get("xwam", {})
+        video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.depth_keys: dict[str, str] = {}
+        self.rgb_keys: dict[str, str] = {}
+        for key in video_keys:
+            vinfo = self.features[key].get("info") or {}
+            cam = key.split(".", 2)[-1] if key.count(".") >= 2 else key
+            if vinfo.get("video.is_depth_map") or key.startswith("observation.depth."):
+                self.depth_keys[cam.removesuffix("_depth")] = key
+            else:
+                self.rgb_keys[cam] = key
+        self.camera_names: list[str] = list(x.get("camera_names") or self.rgb_keys)
+        for cam in self.camera_names:
+            if cam not in self.rgb_keys:
+                raise DatasetError(f"{self.root / INFO_PATH}: camera {cam!r} has no RGB video feature")
+        self.depth_quantizer = DepthQuantizer.from_dict(x["depth"]) if x.get("depth") else DepthQuantizer()
+        self.has_depth = bool(self.depth_keys) and all(c in self.depth_keys for c in self.camera_names)
+        self.has_intrinsics = all(intrinsics_key(c) in self.features for c in self.camera_names)
+        self.has_extrinsics = all(extrinsics_key(c) in self.features for c in self.camera_names)
+        self.state_key = STATE_KEY if STATE_KEY in self.features else None
+        self.state_names = _names(self.features.get(STATE_KEY))
+        self.action_names = _names(self.features.get(ACTION_KEY))
+        self.tasks = (
+            {i: t for t, i in load_tasks(self.root).items()} if (self.root / TASKS_PATH).exists() else {}
+        )
+        self.episodes = self._load_episodes()
+
+    # ---- metadata ---------------------------------------------------------------------------
+    def _load_episodes(self) -> list[dict[str, Any]]:
+        total = int(self.info["total_episodes"])
+        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if total and not files:
+            raise DatasetError(
+                f"{self.root}: info.json lists {total} episodes but meta/episodes/ has no files"
+            )
+        rows: dict[int, dict[str, Any]] = {}
+        for path in files:
+            for row in read_parquet(path, "episodes metadata").to_pylist():
+                idx = row.get("episode_index")
+                if idx is None:
+                    raise DatasetError(f"{path}: rows without 'episode_index'")
+                if int(idx) < total:  # rows at or past total_episodes are uncommitted leftovers
+                    row["_meta_file"] = str(path)
+                    rows[int(idx)] = row
+        missing = [i for i in range(total) if i not in rows]
+        if missing:
+            raise DatasetError(
+                f"{self.root}: metadata missing for episodes {missing[:10]} (meta/episodes is incomplete)"
+            )
+        return [rows[i] for i in range(total)]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(int(r["length"]) for r in self.episodes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        shape = self.features[self.rgb_keys[self.camera_names[0]]]["shape"]
+        return int(shape[0]), int(shape[1])
+
+    def episode_length(self, i: int) -> int:
+        return int(self._row(i)["length"])
+
+    def episode_task(self, i: int) -> str:
+        tasks = self._row(i).get("tasks") or []
+        return str(tasks[0]) if tasks else ""
+
+    def _row(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range [0, {self.num_episodes}) in {self.root}")
+        return self.episodes[i]
+
+    def stats(self) -> dict[str, Any] | None:
+        path = self.root / STATS_PATH
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+
+    # ---- frames -----------------------------------------------------------------------------
+    def _data_path(self, row: dict[str, Any]) -> Path:
+        template = self.info.get("data_path", DATA_PATH)
+        return self.root / template.format(
+            chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+        )
+
+    def _data_table(self, path: Path) -> pa.Table:
+        if path in self._tables:
+            self._tables.move_to_end(path)
+            return self._tables[path]
+        table = read_parquet(path, "data")
+        self._tables[path] = table
+        while len(self._tables) > 4:
+            self._tables.popitem(last=False)
+        return table
+
+    def episode_table(self, i: int) -> pa.Table:
+        """The frame rows of episode ``i`` (no video), checked against its metadata."""
+        row = self._row(i)
+        path = self._data_path(row)
+        table = self._data_table(path)
+        where = f"{path} (episode {i})"
+        if "episode_index" not in table.column_names:
+            raise DatasetError(f"{where}: column 'episode_index' is missing")
+        ep_col = table.column("episode_index").to_numpy()
+        positions = np.flatnonzero(ep_col == i)
+        length = int(row["length"])
+        if len(positions) != length:
+            raise DatasetError(
+                f"{where}: {len(positions)} frame rows but the episode metadata says length {length}"
+            )
+        if len(positions) and positions[-1] - positions[0] + 1 != len(positions):
+            raise DatasetError(f"{where}: the episode's frame rows are not contiguous")
+        sub = table.slice(int(positions[0]), length) if length else table.slice(0, 0)
+        if "frame_index" in sub.column_names:
+            order = np.argsort(sub.column("frame_index").to_numpy(), kind="stable")
+            if not np.array_equal(order, np.arange(length)):
+                sub = sub.take(pa.array(order))
+        return sub
+
+    def episode_numeric(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(state (T, S) float32, action (T, A) float32) of episode ``i`` without decoding video."""
+        table = self.episode_table(i)
+        where = f"{self._data_path(self._row(i))} (episode {i})"
+        return self._state_action(table, where)
+
+    def _state_action(self, table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray]:
+        T = table.num_rows
+        if self.state_key:
+            state = column_to_numpy(table, self.state_key, where).astype(np.float32).reshape(T, -1)
+        else:
+            state = np.zeros((T, 0), np.float32)
+        action = column_to_numpy(table, ACTION_KEY, where).astype(np.float32).reshape(T, -1)
+        return state, action
+
+    def _video(self, i: int, key: str, kind: str) -> np.ndarray:
+        row = self._row(i)
+        prefix = f"videos/{key}/"
+        if row.get(prefix + "file_index") is None or row.get(prefix + "from_timestamp") is None:
+            raise DatasetError(f"{row['_meta_file']}: episode {i} has no video for {key!r} (camera missing)")
+        template = self.info.get("video_path", VIDEO_PATH)
+        path = self.root / template.format(
+            video_key=key,
+            chunk_index=int(row[prefix + "chunk_index"]),
+            file_index=int(row[prefix + "file_index"]),
+        )
+        first = int(round(float(row[prefix + "from_timestamp"]) * self.fps))
+        length = int(row["length"])
+        frames = decode_frames(path, fps=self.fps, first_index=first, count=length, kind=kind, episode=i)
+        return frames
+
+    def episode(self, i: int, *, load_depth: bool | None = None) -> Episode:
+        """Episode ``i`` with its RGB (and depth when stored and asked for) decoded."""
+        want_depth = self.has_depth and (self.load_depth if load_depth is None else load_depth)
+        cache_key = (i, want_depth)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        row = self._row(i)
+        table = self.episode_table(i)
+        where = f"{self._data_path(row)} (episode {i})"
+        state, action = self._state_action(table, where)
+        T = table.num_rows
+        rgb = {cam: self._video(i, self.rgb_keys[cam], "rgb") for cam in self.camera_names}
+        depth = None
+        if want_depth:
+            depth = {}
+            for cam in self.camera_names:
+                codes = self._video(i, self.depth_keys[cam], "depth")
+                depth[cam] = self.depth_quantizer.decode(codes)
+        intr = extr = None
+        if self.has_intrinsics:
+            intr = {
+                c: column_to_numpy(table, intrinsics_key(c), where).reshape(T, 3, 3)
+                for c in self.camera_names
+            }
+        if self.has_extrinsics:
+            extr = {
+                c: column_to_numpy(table, extrinsics_key(c), where).reshape(T, 4, 4)
+                for c in self.camera_names
+            }
+        meta: dict[str, Any] = {"episode_index": i, "source": str(self.root), "depth_kind": "metric"}
+        if row.get("xwam/meta"):
+            try:
+                meta.update(json.loads(row["xwam/meta"]))
+            except json.JSONDecodeError:
+                pass
+        ep = Episode(
+            task=self.episode_task(i),
+            fps=self.fps,
+            camera_names=list(self.camera_names),
+            rgb=rgb,
+            state=state,
+            action=action,
+            depth=depth,
+            intrinsics=intr,
+            extrinsics=extr,
+            success=bool(row.get("xwam/success", False)),
+            meta=meta,
+        )
+        try:
+            ep.validate()
+        except ValueError as exc:
+            raise DatasetError(f"{where}: {exc}") from exc
+        self._cache.put(cache_key, ep)
+        return ep
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def set_cache(self, max_episodes: int, max_bytes: int | None = None) -> None:
+        """Bound the decoded-episode cache by a count and, optionally, by bytes."""
+        self.cache_size = max(0, int(max_episodes))
+        self._cache.resize(self.cache_size, max_bytes)
+
+    def __repr__(self) -> str:
+        return (
+            f"LeRobotV3Dataset({str(self.root)!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
+            f"fps={self.fps:g}, cameras={self.camera_names}, depth={self.has_depth})"
+        )
+
+
+def _names(feature: dict[str, Any] | None) -> list[str] | None:
+    if not feature:
+        return None
+    names = feature.get("names")
+    if isinstance(names, dict):  # LeRobot sometimes nests: {"motors": [...]}
+        names = next(iter(names.values()), None)
+    return list(names) if names else None

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from xwam.config import get_preset
+from xwam.data.stats import NormStats
+from xwam.processor import XWAMProcessor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    cfg = get_preset("tiny").model
+    rng = np.random.default_rng(0)
+    stats = NormStats.from_arrays(rng.normal(size=(200, cfg.state_dim)), rng.normal(size=(200, cfg.action_dim)))
+    return XWAMProcessor.build(cfg, stats)
+
+
+def observations(cfg, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, cfg.num_views, cfg.image_height, cfg.image_width, 3), dtype=np.uint8)
+    states = rng.normal(size=(batch, cfg.state_dim)).astype(np.float32)
+    prefixes = [rng.normal(size=(2, cfg.action_dim)), None, rng.normal(size=(3, cfg.action_dim))][:batch]
+    return images, states, [f"task {i}" for i in range(batch)], prefixes
+
+
+def test_a_batch_with_per_observation_prefixes_equals_one_observation_at_a_time(processor):
+    cfg = processor.cfg
+    images, states, prompts, prefixes = observations(cfg, 3)
+    batch = processor.conditioning(images, states, prompts, prefixes)
+    assert batch.action_prefix.shape == (3, 3, cfg.action_dim)
+    assert batch.action_prefix_len.tolist() == [2, 0, 3]
+    for i in range(3):
+        one = processor.conditioning(images[i:i + 1], states[i:i + 1], prompts[i:i + 1], prefixes[i:i + 1])
+        torch.testing.assert_close(batch.video0[i:i + 1], one.video0)
+        torch.testing.assert_close(batch.state0[i:i + 1], one.state0)
+        torch.testing.assert_close(batch.text[i:i + 1], one.text)
+        torch.testing.assert_close(batch.text_uncond, one.text_uncond)
+        if prefixes[i] is None:
+            assert one.action_prefix is None and one.action_prefix_len is None
+            continue
+        d = len(prefixes[i])
+        assert one.action_prefix_len.tolist() == [d]
+        torch.testing.assert_close(batch.action_prefix[i, :d], one.action_prefix[0])
+        # normalised with the processor's statistics: back in robot units it is the prefix again
+        np.testing.assert_allclose(processor.unnormalize_actions(one.action_prefix[0]).numpy(), prefixes[i],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_no_prefixes_and_no_guidance_leave_the_optional_fields_empty(processor):
+    images, states, prompts, _ = observations(processor.cfg, 2)
+    cond = processor.conditioning(images, states, prompts, [None, None], unconditional_text=False)
+    assert cond.action_prefix is None and cond.action_prefix_len is None and cond.text_uncond is None
+
+
+@pytest.mark.parametrize("bad", ["too-long", "wrong-dim", "nan", "count"])
+def test_bad_prefixes_are_refused(processor, bad):
+    cfg = processor.cfg
+    images, states, prompts, _ = observations(processor.cfg, 2)
+    prefix = {"too-long": np.zeros((cfg.action_horizon + 1, cfg.action_dim)),
+              "wrong-dim": np.zeros((1, cfg.action_dim + 1)),
+              "nan": np.full((1, cfg.action_dim), np.nan),
+              "count": None}[bad]
+    prefixes = [None] if bad == "count" else [prefix, None]
+    with pytest.raises(ValueError, match="action_prefix|action prefixes"):
+        processor.conditioning(images, states, prompts, prefixes)
