@@ -7,9 +7,12 @@ is removed and the target is left as it was. Standard library only: the torch-fr
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,29 +76,69 @@ def atomic_write_json(path: str | Path, data: Any, *, default: Callable[[Any], A
     return atomic_write_text(path, json.dumps(data, indent=2, default=default) + "\n")
 
 
-def atomic_write_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` onto ``target`` atomically (replacing it).
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
 
-    A folder cannot be renamed over a non-empty one, so an existing ``target`` is first renamed
-    aside and deleted after the swap; the window in between has no ``target`` but never a partial one.
+    False where the platform or file system cannot (the caller then falls back to two renames).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def atomic_write_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp_dir)`` then publish ``tmp_dir`` as ``target`` in one atomic step.
+
+    A new ``target`` is one rename. An existing one is swapped with the new folder in one atomic
+    exchange, so a reader or a crash sees the old folder or the new one, never neither; the old
+    content is then deleted from the temporary name. Where the exchange is unavailable the old
+    folder is renamed aside (``.NAME.old-PID``) first: a crash between the two renames leaves it
+    there, for :func:`restore_aside` to put back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
             if f.is_file():
                 _fsync_path(f)
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif exchange_paths(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # the old content, now under the temporary name
+        else:
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def restore_aside(target: str | Path, usable: Callable[[Path], bool]) -> None:
+    """After a crash inside :func:`atomic_write_dir`: put a set-aside old folder back where the
+    target is missing (when ``usable`` says it is whole), and delete every other leftover (set-aside
+    and temporary folders of ``target``)."""
+    target = Path(target)
+    for aside in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if not target.exists() and usable(aside):
+            os.replace(aside, target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -121,7 +121,8 @@ def test_xwam_checkpoint_round_trip(tmp_path, tiny_config):
     model = random_model(tiny_config.model, seed=3)
     stats = {"action": {"q01": [0.0], "q99": [1.0]}}
     save_checkpoint(tmp_path / "ckpt", model, tiny_config, norm_stats=stats)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "norm_stats.json"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "manifest.json", "model.safetensors",
+                                                                   "norm_stats.json"]
     loaded, config, loaded_stats = load_checkpoint(tmp_path / "ckpt")
     assert_same_parameters(loaded, model)
     assert config.to_dict() == tiny_config.to_dict() and loaded_stats == stats
@@ -150,7 +151,44 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="not an xwam checkpoint"):
         load_checkpoint(tmp_path / "empty")
     save_checkpoint(tmp_path / "ckpt", random_model(tiny_config.model), tiny_config)
+    (tmp_path / "ckpt" / "manifest.json").unlink()  # a checkpoint from before manifests: still read
     data = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in (-4, -40, -400, -4000):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_config(path):
+    path.write_text(path.read_text().replace('"action_steps": 4', '"action_steps": 3'))
+
+
+DAMAGE = {
+    "truncated weights": ("model.safetensors", _truncate, "model.safetensors has 100 bytes"),
+    "empty weights": ("model.safetensors", lambda p: p.write_bytes(b""), "model.safetensors has 0 bytes"),
+    "flipped bytes": ("model.safetensors", _flip_bytes, "model.safetensors does not match its checksum"),
+    "hand-edited config": ("config.json", _edit_config, "config.json does not match its checksum"),
+    "missing statistics": ("norm_stats.json", lambda p: p.unlink(), "norm_stats.json is missing"),
+    "unreadable manifest": ("manifest.json", lambda p: p.write_text("{"), "unreadable manifest.json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_checkpoints_are_refused_naming_the_folder_and_the_reason(tmp_path, tiny_config, kind):
+    from xwam.model.checkpoint import CheckpointError
+
+    file, damage, reason = DAMAGE[kind]
+    save_checkpoint(tmp_path / "ckpt", random_model(tiny_config.model), tiny_config, norm_stats={"x": 1})
+    damage(tmp_path / "ckpt" / file)
+    with pytest.raises(CheckpointError, match=f"damaged checkpoint {tmp_path / 'ckpt'}: {reason}"):
         load_checkpoint(tmp_path / "ckpt")

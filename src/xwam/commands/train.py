@@ -121,6 +121,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=S,
         help="continue the run in --out from checkpoints/latest (or from the given checkpoint folder)",
     )
+    a(
+        "--extend",
+        action="store_true",
+        default=S,
+        help="with --resume and a larger --steps: train on past the run's planned schedule. The cosine "
+        "learning-rate schedule is stretched over the new total (the rate jumps up at the resumed step), "
+        "so the result differs from a run planned that long from the start. Without it, --resume "
+        "continues the stored schedule exactly and refuses a different --steps",
+    )
+    a(
+        "--nondeterministic",
+        dest="deterministic",
+        action="store_false",
+        default=S,
+        help="allow non-deterministic kernels (faster on some GPUs); by default two runs with the same "
+        "seed give bit-identical weights at any thread count",
+    )
     _bool_flag(p, "progress", "progress bar")
     _bool_flag(p, "tensorboard", "TensorBoard logging")
     a("--debug", action="store_true", help="show full tracebacks")

@@ -10,15 +10,22 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from xwam.atomic import atomic_write_json
+from xwam.atomic import atomic_write_dir, atomic_write_json, restore_aside
 from xwam.config import XWAMConfig
-from xwam.model.checkpoint import MODEL_FILE, atomic_write_dir, write_checkpoint_files
+from xwam.model.checkpoint import (
+    MODEL_FILE,
+    CheckpointError,
+    verify_checkpoint,
+    write_checkpoint_files,
+    write_manifest,
+)
 
 TRAIN_CONFIG_FILE = "train_config.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -56,14 +63,73 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / MODEL_FILE).is_file() and (ckpt / TRAINER_STATE_FILE).is_file()
+
+
+def step_folders(ckpt_root: Path) -> list[Path]:
+    """The run's ``step-N`` folders, newest first."""
+    return sorted((p for p in ckpt_root.glob("step-*") if p.is_dir() and step_of(p) >= 0), key=step_of, reverse=True)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``checkpoints/latest`` points to (None when the run has none)."""
-    link = Path(run_dir) / CHECKPOINTS_DIR / LATEST
+    """The newest complete checkpoint: where ``checkpoints/latest`` points, or, when that pointer is
+    missing or dangling (a crash between writes), the newest complete ``step-N`` folder."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    link = root / LATEST
     if link.is_symlink() or link.exists():
         target = link.resolve()
-        if (target / MODEL_FILE).is_file() and (target / TRAINER_STATE_FILE).is_file():
+        if _complete(target):
             return target
+    return next((p for p in step_folders(root) if _complete(p)), None)
+
+
+def intact(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (None when it can): verified against its manifest, its
+    EMA model too, and its trainer state readable."""
+    try:
+        verify_checkpoint(ckpt)
+        if (ckpt / "ema").is_dir():
+            verify_checkpoint(ckpt / "ema")
+    except CheckpointError as exc:
+        return exc.reason
+    if not _complete(ckpt):
+        return f"{MODEL_FILE} or {TRAINER_STATE_FILE} is missing"
     return None
+
+
+def resume_checkpoint(run_dir: str | Path, say: Callable[[str], None]) -> Path | None:
+    """The newest intact checkpoint of a run, tidying what an interrupted save left behind first;
+    every damaged checkpoint passed over is reported through ``say`` with its path and reason."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    tidy_checkpoints(root)
+    link = root / LATEST
+    pointed = link.resolve() if link.is_symlink() or link.exists() else None
+    if pointed is not None and not pointed.is_dir():
+        say(f"{link} points to {pointed}, which does not exist; using the newest intact checkpoint")
+        pointed = None
+    candidates = ([pointed] if pointed is not None else []) + [p for p in step_folders(root) if p != pointed]
+    for ckpt in candidates:
+        reason = intact(ckpt)
+        if reason is None:
+            if ckpt != pointed:
+                point_latest(ckpt)
+            return ckpt
+        say(f"checkpoint {ckpt} is damaged ({reason}); trying the next older one")
+    return None
+
+
+def tidy_checkpoints(ckpt_root: Path) -> None:
+    """Clean up after a save that was killed: put back a checkpoint set aside by a two-rename swap
+    (where its replacement never landed), delete temporary and set-aside folders and pointer temp
+    files."""
+    names = {p.name.split(".")[1] for p in ckpt_root.glob(".step-*.*-*")}
+    for name in sorted(names):
+        restore_aside(ckpt_root / name, lambda aside: intact(aside) is None)
+    for tmp in ckpt_root.glob(f".{LATEST}.tmp-*"):
+        tmp.unlink(missing_ok=True)
 
 
 def point_latest(ckpt_dir: Path) -> None:
@@ -83,6 +149,8 @@ def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt_root.glob(".step-*.tmp-*"):  # left behind by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_root.glob(f".{LATEST}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def write_step_checkpoint(
@@ -111,7 +179,9 @@ def write_step_checkpoint(
         if ema_state is not None:
             (tmp / "ema").mkdir()
             write_checkpoint_files(tmp / "ema", ema_state, config, stats, meta, codec_state)
+            write_manifest(tmp / "ema")
         torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        write_manifest(tmp)  # last: its presence says the folder is complete
 
     atomic_write_dir(target, write)
     point_latest(target)
@@ -120,7 +190,10 @@ def write_step_checkpoint(
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(ckpt / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a truncated or foreign file
+        raise CheckpointError(ckpt, f"cannot read {TRAINER_STATE_FILE} ({type(exc).__name__}: {exc})") from exc
 
 
 def step_of(ckpt: Path) -> int:

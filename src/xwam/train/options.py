@@ -72,6 +72,8 @@ class TrainConfig:
     val_batches: int = 2
     val_images: bool = True
     resume: str | None = None  # "latest" or a checkpoint folder
+    extend: bool = False  # with resume: stretch the stored schedule to a larger `steps` (not stored)
+    deterministic: bool = True  # deterministic kernels: identical runs give identical weights
     progress: bool = True
     tensorboard: bool = True
 

@@ -31,6 +31,7 @@ Run folder layout (``TrainConfig.out``)::
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -54,15 +55,17 @@ from xwam.diffusion.objective import (
     mean_losses,
     weighted_loss,
 )
-from xwam.model.checkpoint import CONFIG_FILE, MODEL_FILE, STATS_FILE
+from xwam.model.checkpoint import CONFIG_FILE, MODEL_FILE, STATS_FILE, CheckpointError
 from xwam.model.transformer import XWAMTransformer
 from xwam.train.checkpoints import (
     CHECKPOINTS_DIR,
     TRAIN_CONFIG_FILE,
     TRAINABLE_FILE,
     TRAINER_STATE_FILE,
+    intact,
     latest_checkpoint,
     read_trainer_state,
+    resume_checkpoint,
     rng_state,
     set_rng_state,
     step_of,
@@ -100,6 +103,8 @@ class Trainer:
         self.ctx = ctx or setup_distributed(tc.device)
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
+        # deterministic gathers/scatters: identical runs give identical weights at any thread count
+        torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
         self.run_dir = Path(tc.out)
         resume_from = self._find_resume(tc)
         if resume_from is not None and cfg is None:  # the run keeps the model config it started with
@@ -129,13 +134,21 @@ class Trainer:
         if not tc.resume:
             return None
         if tc.resume == "latest":
-            found = latest_checkpoint(tc.out)
-            if found is None and self.ctx.is_main:
-                print(f"xwam train: no checkpoint in {tc.out} yet; starting a new run", file=sys.stderr)
-            return found
+            if self.ctx.is_main:  # tidies an interrupted save and re-points `latest` past damaged ones
+                found = resume_checkpoint(tc.out, lambda text: print(f"xwam train: {text}", file=sys.stderr))
+                if found is None and any((Path(tc.out) / CHECKPOINTS_DIR).glob("step-*")):
+                    raise ValueError(f"--resume: no intact checkpoint in {Path(tc.out) / CHECKPOINTS_DIR} "
+                                     "(every one is damaged, see above); start a new run with another --out")
+                if found is None:
+                    print(f"xwam train: no checkpoint in {tc.out} yet; starting a new run", file=sys.stderr)
+            self.ctx.barrier()
+            return latest_checkpoint(tc.out)
         path = Path(tc.resume)
         if not (path / TRAINER_STATE_FILE).is_file():
             raise FileNotFoundError(f"--resume {path}: not a training checkpoint (no {TRAINER_STATE_FILE})")
+        reason = intact(path)
+        if reason is not None:
+            raise CheckpointError(path, reason)
         return path
 
     def _build_data(self) -> None:
@@ -225,7 +238,7 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, self.tc.to_dict())
+        atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, replace(self.tc, extend=False).to_dict())
         atomic_write_text(self.run_dir / CONFIG_FILE, self.cfg.to_json() + "\n")
         atomic_write_json(self.run_dir / STATS_FILE, self.norm_stats.to_dict())
         if self.codec_fit is not None:
@@ -356,7 +369,7 @@ class Trainer:
                 config=self.cfg,
                 stats=self.norm_stats.to_dict(),
                 codec_state=self.processor.codec_state(),
-                train_config=self.tc.to_dict(),
+                train_config=replace(self.tc, extend=False).to_dict(),  # extending is a one-off choice
                 trainer_state={
                     "step": self.step,
                     "optimizer": optim,
@@ -365,6 +378,8 @@ class Trainer:
                     "sampler": {"seed": self.tc.seed, "next_step": self.step,
                                 "global_batch": self.batches.global_batch},
                     "ema": ema_raw,
+                    "schedule": {"steps": self.tc.steps, "warmup": self.tc.warmup, "lr": self.tc.lr,
+                                 "min_lr_ratio": self.tc.min_lr_ratio},
                     "world_size": self.ctx.world,
                 },
                 trainable_state={n: raw[n].detach().float().contiguous() for n in self.trainable_names}
@@ -385,6 +400,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._check_schedule(ckpt, state)
         if self.ema is not None:
             if state.get("ema") is None:
                 raise ValueError(f"{ckpt}: the run now uses EMA but the checkpoint holds none")
@@ -394,6 +410,28 @@ class Trainer:
                 f"xwam train: {ckpt} is at step {self.step} >= steps={self.tc.steps}; nothing to do",
                 file=sys.stderr,
             )
+
+    def _check_schedule(self, ckpt: Path, state: dict[str, Any]) -> None:
+        """``--resume`` continues the stored schedule exactly; a different ``steps`` needs ``--extend``."""
+        planned = (state.get("schedule") or {}).get("steps")
+        if planned is None:  # checkpoints written before the schedule was stored
+            planned = json.loads((ckpt / TRAIN_CONFIG_FILE).read_text()).get("steps", self.tc.steps)
+        if planned == self.tc.steps:
+            return
+        if not self.tc.extend:
+            raise ValueError(
+                f"{ckpt} belongs to a run scheduled for {planned} steps; --resume continues that schedule "
+                f"exactly, so drop --steps {self.tc.steps} (or pass --steps {planned}). To train to "
+                f"{self.tc.steps} steps instead pass --extend: the cosine learning-rate schedule is then "
+                f"stretched over {self.tc.steps} steps, which is not the same as a run planned for "
+                f"{self.tc.steps} steps from the start")
+        factor = cosine_with_warmup(self.tc.warmup, self.tc.steps, self.tc.min_lr_ratio)
+        if self.ctx.is_main:
+            print(f"xwam train: --extend: the schedule of {planned} steps is stretched to {self.tc.steps}; at step "
+                  f"{self.step} the learning rate moves from {self.scheduler.get_last_lr()[0]:.3g} to "
+                  f"{self.tc.lr * factor(self.step):.3g}", file=sys.stderr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor(self.step)
 
     # ---- logging and validation -------------------------------------------------------------
     @torch.no_grad()

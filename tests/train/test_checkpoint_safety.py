@@ -1,0 +1,229 @@
+"""Checkpoints you can trust: determinism at any thread count, crash-safe publication, damaged
+checkpoints caught and skipped, leftovers cleaned, explicit schedule semantics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from train_testutils import losses, tiny_train_config
+
+from xwam.cli import main
+from xwam.train import latest_checkpoint, train
+
+STEPS = 6
+
+
+def weights(ckpt: Path) -> dict:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not (wa[k] == wb[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run: 6 steps, a checkpoint every 2, EMA on."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    return train(tiny_train_config(synthetic_dataset, out, steps=STEPS, save_every=2, ema_decay=0.9))
+
+
+def test_two_runs_at_two_threads_give_identical_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    runs = [train(tiny_train_config(synthetic_dataset, tmp_path / f"r{i}", steps=STEPS, save_every=STEPS, threads=2))
+            for i in range(2)]
+    assert_same_weights(*runs)
+
+
+# Runs `xwam train` and SIGKILLs it at the K-th file-system step (rename, exchange, symlink, unlink,
+# folder removal) of the save of step SAVE_STEP: the crash a power cut or an OOM kill causes there.
+KILLER = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    import xwam.atomic as atomic
+    import xwam.train.checkpoints as checkpoints
+    from xwam.cli import main
+
+    kill_at, save_step, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    state = {"active": False, "calls": 0}
+
+    def counted(fn):
+        def wrapper(*a, **k):
+            if state["active"]:
+                state["calls"] += 1
+                if state["calls"] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*a, **k)
+        return wrapper
+
+    for module, name in [(os, "replace"), (os, "rename"), (os, "symlink"), (os, "unlink"), (shutil, "rmtree"),
+                         (atomic, "exchange_paths")]:
+        setattr(module, name, counted(getattr(module, name)))
+    real_write = checkpoints.write_step_checkpoint
+
+    def write(target, **kwargs):
+        state["active"] = kwargs["trainer_state"]["step"] == save_step
+        try:
+            return real_write(target, **kwargs)
+        finally:
+            state["active"] = False
+            print(f"FS_STEPS {state['calls']}", flush=True)
+
+    checkpoints.write_step_checkpoint = write
+    import xwam.train.trainer as trainer
+    trainer.write_step_checkpoint = write
+    sys.exit(main(args))
+    """
+)
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--steps", str(STEPS),
+            "--batch-size", "2", "--save-every", "2", "--ema-decay", "0.9", "--threads", "1", "--seed", "3",
+            "--no-progress", "--no-tensorboard", "--no-val-images", *extra]
+
+
+def _killed_run(script: Path, kill_at: int, save_step: int, args: list[str]) -> tuple[bool, int]:
+    """(killed, file-system steps the save took when not killed)."""
+    proc = subprocess.run([sys.executable, str(script), str(kill_at), str(save_step), *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode == -9:
+        return True, 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FS_STEPS")]
+    return False, max(steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["new step", "re-saved step"])
+def test_a_kill_at_any_step_of_a_save_resumes_to_the_uninterrupted_result(
+    synthetic_dataset: Path, reference: Path, tmp_path: Path, scenario: str
+) -> None:
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    kill_at = 1
+    while True:
+        out = tmp_path / f"kill-{kill_at}" / "run"
+        if scenario == "new step":  # killed while saving step 4 for the first time
+            killed, fs_steps = _killed_run(script, kill_at, 4, _train_args(synthetic_dataset, out))
+        else:  # a run resumed from step 4 re-saves step 6, which `latest` points to, and is killed there
+            assert main(_train_args(synthetic_dataset, out)) == 0
+            killed, fs_steps = _killed_run(
+                script, kill_at, 6, _train_args(synthetic_dataset, out, "--resume", str(out / "checkpoints" / "step-00000004")))
+        if not killed:
+            assert fs_steps >= 2 and kill_at > fs_steps  # every step of the save was tried
+            break
+        assert latest_checkpoint(out) is not None
+        assert main(_train_args(synthetic_dataset, out, "--resume")) == 0
+        final = out / "checkpoints" / f"step-{STEPS:08d}"
+        assert latest_checkpoint(out) == final.resolve()
+        assert_same_weights(final, reference)
+        assert_same_weights(final / "ema", reference / "ema")
+        litter = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert not litter, litter
+        kill_at += 1
+
+
+def _damage_step_6(run: Path, kind: str) -> None:
+    ckpt = run / "checkpoints" / "step-00000006"
+    if kind == "truncated weights":
+        (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:64])
+    elif kind == "empty weights":
+        (ckpt / "model.safetensors").write_bytes(b"")
+    elif kind == "flipped bytes":
+        data = bytearray((ckpt / "model.safetensors").read_bytes())
+        for i in (-3, -30, -300, -3000):
+            data[i] ^= 0x55
+        (ckpt / "model.safetensors").write_bytes(bytes(data))
+    elif kind == "invalid config":
+        (ckpt / "config.json").write_text("{ not json")
+    elif kind == "hand-edited config":
+        (ckpt / "config.json").write_text((ckpt / "config.json").read_text().replace('"video_steps": 8', '"video_steps": 9'))
+    elif kind == "truncated trainer state":
+        (ckpt / "trainer_state.pt").write_bytes((ckpt / "trainer_state.pt").read_bytes()[:200])
+    elif kind == "missing trainer state":
+        (ckpt / "trainer_state.pt").unlink()
+    elif kind == "missing weights":
+        (ckpt / "model.safetensors").unlink()
+    elif kind == "latest target gone":
+        import shutil
+
+        shutil.rmtree(ckpt)
+    else:
+        raise AssertionError(kind)
+
+
+DAMAGE_KINDS = ["truncated weights", "empty weights", "flipped bytes", "invalid config", "hand-edited config",
+                "truncated trainer state", "missing trainer state", "missing weights", "latest target gone"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_resume_skips_a_damaged_latest_checkpoint_and_says_so(
+    synthetic_dataset: Path, reference: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    train(tiny_train_config(synthetic_dataset, out, steps=STEPS, save_every=2, ema_decay=0.9))
+    _damage_step_6(out, kind)
+    capsys.readouterr()
+    final = train(tiny_train_config(synthetic_dataset, out, steps=STEPS, save_every=2, ema_decay=0.9, resume="latest"))
+    err = capsys.readouterr().err
+    if kind != "latest target gone":  # a vanished folder is not damage to report: `latest` falls back silently
+        assert f"checkpoint {(out / 'checkpoints' / 'step-00000006').resolve()} is damaged" in err, err
+    assert final.name == "step-00000006"
+    assert_same_weights(final, reference)  # re-trained from step 4 to the same weights
+
+
+def test_a_damaged_checkpoint_is_refused_by_eval_in_one_line(
+    synthetic_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    final = train(tiny_train_config(synthetic_dataset, out, steps=2, save_every=2))
+    data = bytearray((final / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (final / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(final), "--episodes", "1", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"damaged checkpoint {final}: model.safetensors does not match its checksum" in err[0]
+
+
+def test_leftovers_of_an_interrupted_save_are_cleaned_and_latest_recovered(synthetic_dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_train_config(synthetic_dataset, out, steps=4, save_every=2))
+    ckpts = out / "checkpoints"
+    # what a kill between the two renames of a swap leaves: step 4 set aside, no step 4, `latest` dangling
+    os.replace(ckpts / "step-00000004", ckpts / ".step-00000004.old-12345")
+    (ckpts / ".step-00000002.tmp-abcdef").mkdir()
+    os.symlink("step-00000002", ckpts / ".latest.tmp-999")
+    assert latest_checkpoint(out) == (ckpts / "step-00000002").resolve()  # readers fall back meanwhile
+    final = train(tiny_train_config(synthetic_dataset, out, steps=4, save_every=2, resume="latest"))
+    assert final == ckpts / "step-00000004" and (ckpts / "step-00000004" / "manifest.json").is_file()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-00000002", "step-00000004"]
+
+
+def test_resume_continues_the_stored_schedule_and_extending_is_explicit(
+    synthetic_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    short = tmp_path / "short"
+    train(tiny_train_config(synthetic_dataset, short, steps=4, save_every=2))
+    with pytest.raises(ValueError, match="scheduled for 4 steps.*--extend"):
+        train(tiny_train_config(synthetic_dataset, short, steps=8, save_every=2, resume="latest"))
+    capsys.readouterr()
+    extended = train(tiny_train_config(synthetic_dataset, short, steps=8, save_every=2, resume="latest", extend=True))
+    assert "--extend: the schedule of 4 steps is stretched to 8" in capsys.readouterr().err
+    assert extended.name == "step-00000008" and len(losses(short)) == 8
+    saved = json.loads((extended / "train_config.json").read_text())
+    assert saved["steps"] == 8 and saved["extend"] is False  # extending is not carried into later resumes
+    # a resumed run that keeps its schedule equals the uninterrupted one (exact resume)
+    whole = train(tiny_train_config(synthetic_dataset, tmp_path / "whole", steps=4, save_every=2))
+    assert_same_weights(whole, short / "checkpoints" / "step-00000004")
