@@ -27,9 +27,10 @@ from xwam.config import SamplerConfig, XWAMConfig
 from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
 from xwam.data.stats import NormStats
 from xwam.diffusion.sampler import AsyncSampler
+from xwam.limits import DEFAULT_MAX_PROMPT_CHARS
 from xwam.model.checkpoint import load_checkpoint, load_codec_state
 from xwam.model.transformer import XWAMTransformer
-from xwam.processor import XWAMProcessor, check_action_prefix
+from xwam.processor import XWAMProcessor, check_action_prefix, finite_as_float32
 
 # the nested state key first, then the flat one
 STATE_KEYS = ("state", OBS_STATE_KEY)
@@ -95,7 +96,11 @@ class XWAMPolicy:
         rtc_delay: int = 0,
         default_prompt: str = "",
         seed: int = 0,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
     ) -> None:
+        if max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be >= 1, got {max_prompt_chars}")
+        self.max_prompt_chars = int(max_prompt_chars)
         self.model = model.eval()
         self.config = config
         self.processor = processor
@@ -120,15 +125,18 @@ class XWAMPolicy:
         sampler: SamplerConfig | None = None,
         vae_path: str | None = None,
         text_path: str | None = None,
+        text_cache_entries: int | None = None,
         **kwargs: Any,
     ) -> XWAMPolicy:
+        """``text_cache_entries``: instruction embeddings kept in memory (least recently used dropped)."""
         model, config, stats = load_checkpoint(path, device=device, dtype=dtype)
         if stats is None:
             raise ValueError(f"{path} has no norm_stats.json: a policy needs the training normalisation")
         if sampler is not None:
             config = dataclasses.replace(config, sampler=sampler)
         processor = XWAMProcessor.build(config.model, NormStats.from_dict(stats), vae_path=vae_path,
-                                        text_path=text_path, device=device, codec_state=load_codec_state(path))
+                                        text_path=text_path, device=device, codec_state=load_codec_state(path),
+                                        text_cache_entries=text_cache_entries)
         return cls(model, config, processor, **kwargs)
 
     def with_sampler(self, **changes: Any) -> XWAMPolicy:
@@ -137,7 +145,7 @@ class XWAMPolicy:
         sampler = dataclasses.replace(self.config.sampler, **changes)
         return type(self)(self.model, dataclasses.replace(self.config, sampler=sampler), self.processor,
                           replan_every=self.chunker.replan_every, rtc_delay=self.chunker.rtc_delay,
-                          default_prompt=self.default_prompt, seed=self.seed)
+                          default_prompt=self.default_prompt, seed=self.seed, max_prompt_chars=self.max_prompt_chars)
 
     # ---- protocol used by the server --------------------------------------------------------
     @property
@@ -192,11 +200,15 @@ class XWAMPolicy:
             raise ValueError(f"state must be numeric, got dtype {state.dtype}")
         if state.shape != (self.config.model.state_dim,):
             raise ValueError(f"state must have shape ({self.config.model.state_dim},), got {state.shape}")
-        if not np.isfinite(state).all():
-            raise ValueError("state contains NaN or infinite values")
+        if not finite_as_float32(state):
+            raise ValueError("state contains NaN or infinite values (or values beyond float32's range, "
+                             "which the model computes in)")
         prompt = obs.get("prompt", self.default_prompt)
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if len(prompt) > self.max_prompt_chars:
+            raise ValueError(f"prompt has {len(prompt)} characters; this policy accepts at most "
+                             f"{self.max_prompt_chars} (xwam serve --max-prompt-chars)")
         if obs.get("action_prefix") is not None:
             check_action_prefix(obs["action_prefix"], self.config.model)
 

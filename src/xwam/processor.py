@@ -62,6 +62,7 @@ class XWAMProcessor:
         device: torch.device | str = "cpu",
         text_cache_dir: str | None = None,
         codec_state: dict[str, torch.Tensor] | None = None,
+        text_cache_entries: int | None = None,
     ) -> XWAMProcessor:
         """``codec_state``: the fitted codec (``codec_state()`` of the processor that trained the model;
         checkpoints store it as codec.safetensors); needed by fitted codecs (``pca``) only."""
@@ -72,7 +73,8 @@ class XWAMProcessor:
             rgb_state, depth_state = (_substate(codec_state, name) for name in ("rgb", "depth"))
         codec = build_codec(cfg, vae_path=vae_path, device=device, fitted=rgb_state)
         depth_codec = build_codec(cfg, fitted=depth_state) if depth_state is not None else None
-        text = build_text_encoder(cfg, path=text_path, device=device, cache_dir=text_cache_dir)
+        text = build_text_encoder(cfg, path=text_path, device=device, cache_dir=text_cache_dir,
+                                  cache_entries=text_cache_entries)
         return cls(cfg, codec, text, norm_stats, device, depth_codec=depth_codec)
 
     @staticmethod
@@ -243,13 +245,20 @@ FITTED_CODECS = ("pca",)
 
 
 def check_action_prefix(prefix: Any, cfg: ModelConfig) -> np.ndarray:
-    """A committed action prefix as a float32 (d, A) array; ValueError unless finite with d <= horizon."""
+    """A committed action prefix as a float32 (d, A) array; ValueError unless finite (as float32) with
+    d <= horizon."""
     array = np.asarray(prefix)
     if array.ndim != 2 or array.shape[1] != cfg.action_dim or array.shape[0] > cfg.action_horizon \
-            or array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+            or array.dtype.kind not in "fiu" or not finite_as_float32(array):
         raise ValueError(f"action_prefix must be a finite (d <= {cfg.action_horizon}, {cfg.action_dim}) array, "
                          f"got shape {array.shape}, dtype {array.dtype}")
     return array.astype(np.float32)
+
+
+def finite_as_float32(values: np.ndarray) -> bool:
+    """True when every value is finite after the cast to the model's float32 (1e300 is not)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.asarray(values).astype(np.float32)).all())
 
 
 def _flat_frames(images: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,24 @@ def test_cache_memoises_in_memory() -> None:
     assert inner.calls[-1] == [""]
 
 
+def test_cache_keeps_at_most_max_entries_dropping_the_least_recently_used() -> None:
+    inner = CountingEncoder()
+    cached = CachedTextEncoder(inner, max_entries=3)
+    for text in ["a", "bb", "ccc"]:
+        cached.encode([text])
+    cached.encode(["a"])  # "a" is now the most recently used
+    cached.encode(["dddd"])  # evicts "bb"
+    assert len(cached) == 3 and inner.calls[-1] == ["dddd"]
+    cached.encode(["a", "ccc"])
+    assert inner.calls[-1] == ["dddd"]  # both still cached
+    cached.encode(["bb"])
+    assert inner.calls[-1] == ["bb"]  # was evicted: encoded again
+    # one call with more distinct texts than the cache holds still answers every one correctly
+    many = [("x" * n) for n in range(1, 8)]
+    out = cached.encode(many)
+    assert [float(row[0, 0]) for row in out] == [float(len(t)) for t in many] and len(cached) == 3
+
+
 def test_cache_encodes_misses_in_bounded_batches() -> None:
     inner = CountingEncoder()
     texts = [str(i) * (i + 1) for i in range(5)]

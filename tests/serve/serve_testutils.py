@@ -18,6 +18,7 @@ STATE_DIM = 7
 HORIZON = 4
 ACTION_DIM = 3
 FAIL_PROMPT = "please raise"  # makes the double raise inside infer, like a model bug would
+NAN_PROMPT = "please diverge"  # makes the double answer NaN actions, like a model fed extreme inputs
 
 
 class DeterministicTestPolicy:
@@ -81,8 +82,11 @@ class DeterministicTestPolicy:
         with self._lock:
             self.calls += 1
         state = np.asarray(obs["state"])
+        actions = self.expected_actions(state, prompt)
+        if prompt == NAN_PROMPT:
+            actions[1, 0] = np.nan
         return {
-            "actions": self.expected_actions(state, prompt),
+            "actions": actions,
             "states": np.repeat(state[None].astype(np.float32), 2, axis=0),
             "timing": {"model_ms": 1000.0 * self.infer_delay_s},
         }

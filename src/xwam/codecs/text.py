@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from xwam.atomic import atomic_path
+from xwam.limits import DEFAULT_TEXT_CACHE_ENTRIES
 
 if TYPE_CHECKING:
     from xwam.config import ModelConfig
@@ -218,17 +220,22 @@ class CachedTextEncoder:
     """
 
     def __init__(
-        self, encoder: TextEncoder, *, cache_dir: str | Path | None = None, max_batch: int = 32
+        self, encoder: TextEncoder, *, cache_dir: str | Path | None = None, max_batch: int = 32,
+        max_entries: int = DEFAULT_TEXT_CACHE_ENTRIES,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        # least recently used first: a server fed ever new prompts keeps memory bounded
+        self.max_entries = int(max_entries)
         self.encoder = encoder
         self.max_batch = int(max_batch)
         self.dim = encoder.dim
         self.length = encoder.length
         self.name = encoder.name
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -237,7 +244,12 @@ class CachedTextEncoder:
         texts = _check_texts(texts, "CachedTextEncoder")
         if not texts:
             return torch.zeros(0, self.length, self.dim)
-        missing = [t for t in dict.fromkeys(texts) if t not in self._memory and not self._load(t)]
+        found: dict[str, torch.Tensor] = {}  # this call's embeddings, even past max_entries
+        for text in dict.fromkeys(texts):
+            if text in self._memory:
+                self._memory.move_to_end(text)
+                found[text] = self._memory[text]
+        missing = [t for t in dict.fromkeys(texts) if t not in found and not self._load(t, found)]
         # bounded batches: precomputing a whole dataset's instructions must not exhaust memory
         for start in range(0, len(missing), self.max_batch):
             chunk = missing[start : start + self.max_batch]
@@ -248,10 +260,16 @@ class CachedTextEncoder:
                     f"text encoder {self.name} returned {tuple(encoded.shape)}, expected {expected}"
                 )
             for text, embedding in zip(chunk, encoded):
-                embedding = embedding.detach().to("cpu", torch.float32).contiguous()
-                self._memory[text] = embedding
-                self._save(text, embedding)
-        return torch.stack([self._memory[t] for t in texts])
+                found[text] = embedding.detach().to("cpu", torch.float32).contiguous()
+                self._remember(text, found[text])
+                self._save(text, found[text])
+        return torch.stack([found[t] for t in texts])
+
+    def _remember(self, text: str, embedding: torch.Tensor) -> None:
+        self._memory[text] = embedding
+        self._memory.move_to_end(text)
+        while len(self._memory) > self.max_entries:
+            self._memory.popitem(last=False)
 
     def empty(self) -> torch.Tensor:
         """The embedding of the empty string, (1, length, dim): the unconditional / dropped text."""
@@ -263,7 +281,7 @@ class CachedTextEncoder:
         digest = hashlib.sha256(f"{self.name}\0{text}".encode()).hexdigest()[:40]
         return self.cache_dir / f"{digest}.safetensors"
 
-    def _load(self, text: str) -> bool:
+    def _load(self, text: str, into: dict[str, torch.Tensor]) -> bool:
         if self.cache_dir is None:
             return False
         path = self._path(text)
@@ -281,7 +299,8 @@ class CachedTextEncoder:
             return False
         if tuple(embedding.shape) != (self.length, self.dim):
             return False
-        self._memory[text] = embedding.to(torch.float32)
+        into[text] = embedding.to(torch.float32)
+        self._remember(text, into[text])
         return True
 
     def _save(self, text: str, embedding: torch.Tensor) -> None:
@@ -300,6 +319,7 @@ def build_text_encoder(
     device: torch.device | str | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    cache_entries: int | None = None,
     zero_padding: bool = False,
     dtype: torch.dtype | None = None,
 ) -> TextEncoder:
@@ -307,7 +327,8 @@ def build_text_encoder(
 
     ``path``: for ``umt5`` the Wan2.2 diffusers model root (required); for ``minilm`` an optional
     folder overriding the packaged model. With ``cache`` (default) the encoder is wrapped in a
-    ``CachedTextEncoder`` (on disk too when ``cache_dir`` is given). ``zero_padding`` applies to
+    ``CachedTextEncoder`` (on disk too when ``cache_dir`` is given) holding at most ``cache_entries``
+    embeddings in memory (default ``DEFAULT_TEXT_CACHE_ENTRIES``). ``zero_padding`` applies to
     umT5 only, as does ``dtype`` (see ``UMT5TextEncoder``).
     """
     encoder: TextEncoder
@@ -332,5 +353,6 @@ def build_text_encoder(
             f"text_dim={cfg.text_dim} (minilm: {MINILM_DIM}, umt5: {UMT5_DIM})"
         )
     if cache:
-        encoder = CachedTextEncoder(encoder, cache_dir=cache_dir)
+        encoder = CachedTextEncoder(encoder, cache_dir=cache_dir,
+                                    max_entries=cache_entries or DEFAULT_TEXT_CACHE_ENTRIES)
     return encoder

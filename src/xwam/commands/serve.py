@@ -8,6 +8,13 @@ import logging
 import os
 from pathlib import Path
 
+from xwam.limits import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PROMPT_CHARS,
+    DEFAULT_TEXT_CACHE_ENTRIES,
+)
+
 API_KEY_ENV = "XWAM_API_KEY"
 
 
@@ -53,13 +60,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="with --max-batch > 1: wait up to this long after a request for others to batch with it",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"open websocket connections at most; more are answered HTTP 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        help=f"close a connection that sends nothing for this long (default {DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
+    )
+    p.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_CHARS,
+        help=f"longest instruction accepted (default {DEFAULT_MAX_PROMPT_CHARS})",
+    )
+    p.add_argument(
+        "--text-cache",
+        type=int,
+        default=DEFAULT_TEXT_CACHE_ENTRIES,
+        help=f"instruction embeddings kept in memory, least recently used dropped (default {DEFAULT_TEXT_CACHE_ENTRIES})",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1...)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument(
         "--vae-path", default=None, help="Wan2.2 VAE weights, for checkpoints using the wan22-vae codec"
     )
     p.add_argument("--text-path", default=None, help="text encoder weights, for checkpoints that need them")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="INFO: connections and a one-line summary a minute; DEBUG: every request")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=run)
 
@@ -86,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.batch_wait_ms < 0:
         raise ValueError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    for name in ("max_connections", "max_prompt_chars", "text_cache"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.idle_timeout_s < 0:
+        raise ValueError(f"--idle-timeout-s must be >= 0, got {args.idle_timeout_s}")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
@@ -110,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         vae_path=args.vae_path,
         text_path=args.text_path,
+        text_cache_entries=args.text_cache,
+        max_prompt_chars=args.max_prompt_chars,
     )
     server = PolicyServer(
         policy,
@@ -119,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s or None,
     )
     serve_until_signal(server)
     return 0

@@ -8,7 +8,10 @@ Protocol (what openpi-style robot and simulator clients expect):
   frame with the policy output (``actions``, horizon x dim, ...) plus ``server_timing`` (ms);
 - a request that cannot be answered gets a *text* frame with the reason instead, and the
   connection stays open for the next request;
-- plain HTTP ``GET /healthz`` answers ``200 OK``.
+- plain HTTP ``GET /healthz`` answers ``200 OK``;
+- at most ``max_connections`` connections are open (more get HTTP 503) and a connection that sends
+  nothing for ``idle_timeout_s`` is closed (code 1001); answers are checked to be finite before they
+  are sent (a robot must never receive NaN or inf actions).
 
 Inference runs on one worker thread, off the event loop, so the server keeps reading, answering
 health checks and keepalive pings while the model computes. Requests from all connections go
@@ -30,10 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.protocol import State
 
+from xwam.limits import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from xwam.serve import msgpack_numpy
 
 __all__ = ["ServablePolicy", "PolicyServer", "ServerThread", "serve_until_signal", "DEFAULT_PORT"]
@@ -43,6 +48,7 @@ logger = logging.getLogger("xwam.serve")
 DEFAULT_PORT = 8000
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 2**20
 HEALTH_PATH = "/healthz"
+SUMMARY_EVERY_S = 60.0  # the INFO log's one-line summary; every request is logged at DEBUG
 
 
 @runtime_checkable
@@ -114,6 +120,8 @@ class PolicyServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch: int = 1,
         batch_wait_ms: float = 0.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         for name in ("metadata", "validate", "infer"):
             if not hasattr(policy, name):
@@ -124,6 +132,10 @@ class PolicyServer:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s must be positive (or None: never), got {idle_timeout_s}")
         if api_key is not None and not api_key.strip():
             raise ValueError("the API key is empty")
         self.policy = policy
@@ -133,6 +145,10 @@ class PolicyServer:
         self.max_message_bytes = int(max_message_bytes)
         self.max_batch = int(max_batch)
         self.batch_wait_s = float(batch_wait_ms) / 1000.0 if max_batch > 1 else 0.0
+        self.max_connections = int(max_connections)
+        self.idle_timeout_s = idle_timeout_s
+        self.connections = 0
+        self._summary = {"since": time.monotonic(), "served": 0, "refused": 0, "infer_ms": 0.0}
         self._infer_batch = getattr(policy, "infer_batch", None) if max_batch > 1 else None
         try:
             self._metadata_frame = msgpack_numpy.packb(dict(policy.metadata))
@@ -151,6 +167,13 @@ class PolicyServer:
         """Health check and API key, before the websocket opens (so a bad key gets a plain 401)."""
         if request.path == HEALTH_PATH:
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self.connections >= self.max_connections:
+            logger.warning("refused %s: %d connections open", connection.remote_address, self.connections)
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"server busy: {self.connections} connections open, the limit is {self.max_connections} "
+                "(xwam serve --max-connections)\n",
+            )
         if self.api_key is not None:
             given = request.headers.get("Authorization", "")
             expected = f"Api-Key {self.api_key}"
@@ -185,26 +208,37 @@ class PolicyServer:
 
     async def _refuse(self, connection: ServerConnection, client: str, message: str) -> None:
         self.requests_refused += 1
-        logger.info("%s refused: %s", client, message)
+        self._summary["refused"] += 1
+        logger.debug("%s refused: %s", client, message)
         await connection.send(message)  # a text frame: openpi clients raise it as an error
 
     async def _handle(self, connection: ServerConnection) -> None:
         host, port = connection.remote_address[:2]
         client = f"{host}:{port}"
-        logger.info("%s connected", client)
+        self.connections += 1
+        logger.info("%s connected (%d open)", client, self.connections)
         try:
             await connection.send(self._metadata_frame)
-            async for message in connection:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        message = await connection.recv()
+                except TimeoutError:
+                    logger.info("%s idle for %g s: closing", client, self.idle_timeout_s)
+                    await connection.close(1001, f"idle for {self.idle_timeout_s:g} s")
+                    return
                 self._active += 1  # counted so that shutdown can wait for answers in progress
                 try:
                     await self._answer(connection, client, message)
                 finally:
                     self._active -= 1
+        except websockets.ConnectionClosedOK:
+            logger.info("%s disconnected", client)
         except websockets.ConnectionClosed as exc:
             # e.g. a frame over the transport limit: websockets closes with 1009 and a reason.
             logger.info("%s connection lost (%s)", client, exc)
-            return
-        logger.info("%s disconnected", client)
+        finally:
+            self.connections -= 1
 
     async def _answer(self, connection: ServerConnection, client: str, message: str | bytes) -> None:
         """Answer one request: a binary frame with the policy output, or a text frame saying why not."""
@@ -248,7 +282,9 @@ class PolicyServer:
             return
         await connection.send(frame)
         self.requests_served += 1
-        logger.info(
+        self._summary["served"] += 1
+        self._summary["infer_ms"] += job.infer_ms
+        logger.debug(
             "%s infer %.1f ms (queue %.1f, total %.1f, batch %d)",
             client,
             job.infer_ms,
@@ -256,6 +292,18 @@ class PolicyServer:
             timing["total_ms"],
             job.batch_size,
         )
+        self._log_summary()
+
+    def _log_summary(self) -> None:
+        """At most once a minute, one INFO line: requests answered and refused, mean inference time."""
+        now, summary = time.monotonic(), self._summary
+        if now - summary["since"] < SUMMARY_EVERY_S:
+            return
+        served = summary["served"]
+        logger.info("last %.0f s: %d answered (mean inference %.1f ms), %d refused, %d connections open",
+                    now - summary["since"], served, summary["infer_ms"] / max(served, 1), summary["refused"],
+                    self.connections)
+        self._summary = {"since": now, "served": 0, "refused": 0, "infer_ms": 0.0}
 
     # ---- inference queue -----------------------------------------------------------------------
     async def _submit(self, obs: dict[str, Any], connection: ServerConnection) -> _Job:
@@ -298,8 +346,15 @@ class PolicyServer:
 
     @staticmethod
     def _check_output(out: Any) -> dict[str, Any] | Exception:
+        """The policy output, or the error to answer instead: no actions, or any non-finite number."""
         if not isinstance(out, dict) or "actions" not in out:
             return RuntimeError(f"the policy returned {type(out).__name__} without 'actions'")
+        for key, value in out.items():
+            if isinstance(value, np.ndarray | float) and np.asarray(value).dtype.kind == "f" \
+                    and not np.isfinite(value).all():
+                return RuntimeError(f"the policy produced non-finite values (NaN or inf) in {key!r}; nothing "
+                                    "was sent to the robot (are the observation values far outside the "
+                                    "training data?)")
         return out
 
     async def _dispatch(self) -> None:
