@@ -48,4 +48,17 @@ fi
 echo "[setup] installing xwam with extras"
 quiet_pip install -q -e ".[all]"
 "$VENV/bin/python" -c "import torch, diffusers, xwam; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('[setup] ok: torch', torch.__version__, 'diffusers', diffusers.__version__)"
+# openpi's own client (tests/serve/test_openpi_interop.py) in a small separate environment: it pins
+# numpy<2 and imports typing_extensions without declaring it, so it must not shape the project's.
+OPENPI_VENV=${OPENPI_VENV:-.venv-openpi}
+if [ ! -e "$OPENPI_VENV/.installed" ] && [ "${XWAM_SKIP_OPENPI:-0}" != 1 ]; then
+  echo "[setup] creating $OPENPI_VENV (openpi-client 0.1.2, for the interop test)"
+  "$PYTHON" -m venv "$OPENPI_VENV"
+  if "$OPENPI_VENV/bin/python" -m pip install -q openpi-client==0.1.2 typing_extensions 2>&1 \
+      | grep -v "is ignored: it is neither a file nor a directory"; [ "${PIPESTATUS[0]}" = 0 ]; then
+    touch "$OPENPI_VENV/.installed"
+  else
+    echo "[setup] warning: could not install openpi-client; its interop test will be skipped" >&2
+  fi
+fi
 touch "$VENV/.xwam-installed"
