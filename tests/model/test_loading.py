@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,96 @@ def test_damaged_checkpoints_are_refused_naming_the_folder_and_the_reason(tmp_pa
     damage(tmp_path / "ckpt" / file)
     with pytest.raises(CheckpointError, match=f"damaged checkpoint {tmp_path / 'ckpt'}: {reason}"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+# ---- the release's real key set ------------------------------------------------------------------
+RELEASE_KEYS_TSV = Path(__file__).parent / "data" / "release_state_dict_keys.tsv"
+
+
+def release_keys() -> list[tuple[str, tuple[int, ...]]]:
+    """(key, full-size shape) of every tensor in the release checkpoint's ``module`` dict, in order."""
+    rows = [line.split("\t") for line in RELEASE_KEYS_TSV.read_text().splitlines() if line and line[0] != "#"]
+    return [(key, tuple(int(x) for x in shape.split(",") if x)) for key, shape, _dtype in rows]
+
+
+def release_layout_config():
+    """The release's layout (30 blocks + 10 depth blocks, 3 views, 14-d actions, 16-d states) at tiny width."""
+    from xwam.config import ModelConfig
+
+    return ModelConfig(num_views=3, image_height=32, image_width=32, num_frames=3, frame_skip=2, action_horizon=4,
+                       action_dim=14, state_dim=16, codec="pixel", latent_channels=48, spatial_compression=4,
+                       temporal_compression=1, num_layers=30, num_heads=2, head_dim=12, ffn_dim=32, freq_dim=256,
+                       rope_max_seq_len=32, depth_layers=10, text_encoder="none", text_dim=32, text_len=8)
+
+
+def test_every_release_key_has_its_place_and_full_size_shape_in_the_5b_model():
+    from xwam.config import get_preset
+    from xwam.model.loading import release_key_to_xwam
+
+    keys = release_keys()
+    model_keys = [(k, s) for k, s in keys if k.startswith("model.")]
+    assert len(keys) == 1555 and len(model_keys) == 1115
+    with torch.device("meta"):
+        model = XWAMTransformer(get_preset("wan22-ti2v-5b").model)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    placed = {}
+    for key, shape in model_keys:
+        ours = release_key_to_xwam(key)
+        assert ours in own, f"{key} -> {ours}: no such parameter"
+        assert own[ours] == shape, f"{key}: release {shape} vs ours {own[ours]}"
+        assert ours not in placed, f"{key} and {placed.get(ours)} both map to {ours}"
+        placed[ours] = key
+    assert set(placed) == set(own)  # and every parameter of ours comes from the release
+
+
+def _release_file(path, module):
+    """A DeepSpeed/Lightning-style checkpoint: the ``module`` dict plus the bookkeeping entries they save."""
+    from collections import OrderedDict
+
+    shapes = OrderedDict((k, torch.Size(v.shape)) for k, v in module.items() if k.startswith("model."))
+    frozen = OrderedDict((k, torch.Size(v.shape)) for k, v in module.items() if not k.startswith("model."))
+    torch.save({
+        "module": module, "buffer_names": ["vae.mean", "vae.std"], "optimizer": None, "param_shapes": [shapes],
+        "frozen_param_shapes": frozen, "frozen_param_fragments": {}, "shared_params": {}, "lr_scheduler": None,
+        "data_sampler": None, "random_ltd": None, "sparse_tensor_module_names": set(), "skipped_steps": 0,
+        "global_steps": 20000, "global_samples": 640000, "dp_world_size": 8, "mp_world_size": 1,
+        "ds_config": {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "ds_version": "0.16.4",
+        "epoch": 3, "global_step": 20000, "pytorch-lightning_version": "2.5.1",
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": torch.tensor(0.25), "dirpath": "ckpts",
+                                                         "best_model_path": "", "kth_value": None}},
+        "lr_schedulers": [{"base_lrs": [1e-5], "last_epoch": 20000, "_step_count": 20001, "lr_lambdas": [{}]}],
+    }, path)
+
+
+def test_a_deepspeed_file_with_the_release_key_set_loads_weights_only_with_nothing_dropped(tmp_path, caplog):
+    import logging
+
+    from xwam.model.loading import release_key_to_xwam
+
+    cfg = release_layout_config()
+    source = random_model(cfg, seed=4)
+    own = source.state_dict()
+    module = {}
+    for key, _shape in release_keys():  # the exact names, in the release's order; shapes scaled down
+        module[key] = own[release_key_to_xwam(key)].to(torch.bfloat16) if key.startswith("model.") \
+            else torch.zeros(2, dtype=torch.bfloat16)
+    (tmp_path / "checkpoint").mkdir()
+    _release_file(tmp_path / "checkpoint" / "mp_rank_00_model_states.pt", module)
+    with caplog.at_level(logging.INFO, logger="xwam.loading"):
+        model = load_release_checkpoint(tmp_path, cfg)
+    assert "skipped the frozen 242 text_encoder.* (umT5) and 198 vae.* keys" in caplog.text
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, own[name].to(torch.bfloat16).float()), name
+    # nothing unknown is ever dropped silently, and shapes are checked
+    _release_file(tmp_path / "extra.pt", {**module, "model.new_head.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"1 keys have no place .*model\.new_head\.weight"):
+        load_release_checkpoint(tmp_path / "extra.pt", cfg)
+    _release_file(tmp_path / "other.pt", {**module, "ema.model.blocks.0.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="ema.model.blocks.0.weight"):
+        load_release_checkpoint(tmp_path / "other.pt", cfg)
+    wrong = dict(module)
+    wrong["model.view_embedding.weight"] = torch.zeros(2, cfg.hidden_dim, dtype=torch.bfloat16)
+    _release_file(tmp_path / "wrong.pt", wrong)
+    with pytest.raises(ValueError, match="shape mismatches .*view_embedding"):
+        load_release_checkpoint(tmp_path / "wrong.pt", cfg)

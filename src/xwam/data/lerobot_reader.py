@@ -97,15 +97,24 @@ def load_tasks(root: Path) -> dict[str, int]:
     if "task_index" not in table.column_names:
         raise DatasetError(f"{path}: no 'task_index' column")
     indices = table.column("task_index").to_pylist()
-    text_cols = [
-        c for c in table.column_names if c != "task_index" and pa.types.is_string(table.schema.field(c).type)
-    ]
+    # pandas writes the task strings as its index: named "task", or "__index_level_0__" when unnamed
+    # (datasets written by lerobot 0.4.4 with pandas 3 store them as large_string)
+    text_cols = [c for c in table.column_names if c != "task_index" and _is_text(table.schema.field(c).type)]
     if not text_cols:
+        found = ", ".join(f"{f.name} ({f.type})" for f in table.schema) or "none"
         raise DatasetError(
-            f"{path}: no task string column (expected the index 'task' or '__index_level_0__')"
+            f"{path}: no task string column (expected the index 'task' or '__index_level_0__'; found {found})"
         )
-    name = "task" if "task" in text_cols else text_cols[0]
-    return {t: int(i) for t, i in zip(table.column(name).to_pylist(), indices)}
+    name = next((c for c in ("task", "__index_level_0__") if c in text_cols), text_cols[0])
+    tasks = table.column(name).to_pylist()
+    if any(t is None for t in tasks) or any(i is None for i in indices):
+        raise DatasetError(f"{path}: empty task strings or task indices")
+    return {str(t): int(i) for t, i in zip(tasks, indices)}
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or bool(is_view and is_view(kind))
 
 
 def load_info(root: Path) -> dict[str, Any]:

@@ -69,9 +69,11 @@ class FeatureStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureStats:
+        """From our JSON or LeRobot's (which stores ``count`` as a one-element list: ``[N]``)."""
+        count = np.asarray(data.get("count", 0), dtype=np.float64).reshape(-1)
         return cls(
             **{k: np.asarray(data[k], dtype=np.float64) for k in ("q01", "q99", "mean", "std", "min", "max")},
-            count=int(data.get("count", 0)),
+            count=int(count.max()) if count.size else 0,
         )
 
 

@@ -3,9 +3,11 @@
 - Wan2.2-TI2V-5B in diffusers layout: ``<root>/transformer/`` (config.json + safetensors shards).
 - Wan2.2 original layout: a state dict with Wan's own names (``blocks.N.self_attn.q``, ...), as
   safetensors (optionally sharded with an index) or a torch file; renamed to diffusers' names.
-- X-WAM release: ``checkpoint/mp_rank_00_model_states.pt``, dict key ``module``, parameters
-  prefixed ``model.`` in Wan's original names plus the view embedding, depth blocks/head and the
-  action/state MLPs. Frozen text-encoder and VAE weights in that file are ignored.
+- X-WAM release: ``checkpoint/mp_rank_00_model_states.pt`` (DeepSpeed), dict key ``module``:
+  ``model.*`` (1115 keys: Wan's original names plus the view embedding, depth blocks/head and the
+  action/state MLPs), the frozen ``text_encoder.*`` (umT5, 242 keys) and ``vae.*`` (198 keys). Every
+  ``model.*`` key must find its place with its shape; the frozen parts are skipped with one log line
+  counting them (the codec and text encoder load from their own folders); any other key is an error.
 
 Foreign torch files are always read with ``weights_only=True`` (no unpickling of code).
 """
@@ -13,6 +15,7 @@ Foreign torch files are always read with ``weights_only=True`` (no unpickling of
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from safetensors.torch import load_file
 
 from xwam.config import ModelConfig
 from xwam.model.transformer import XWAMTransformer, wan_backbone_kwargs
+
+logger = logging.getLogger("xwam.loading")
+# frozen modules the release saves beside its DiT (see the module docstring)
+RELEASE_FROZEN_PREFIXES = ("text_encoder.", "vae.")
 
 # Wan original -> diffusers names inside one transformer block (Wan2.2-TI2V-5B layout). The cross-attention
 # LayerNorm is `norm3` in Wan and `norm2` in diffusers; the (weightless) FFN norm is the other way.
@@ -181,11 +188,24 @@ def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransform
             raise FileNotFoundError(f"no checkpoint/mp_rank_00_model_states.pt under {path}")
         path = found[0]
     raw = read_state_dict(path)
-    state = {}
+    state, frozen, unplaced = {}, {p: 0 for p in RELEASE_FROZEN_PREFIXES}, []
     for key, value in raw.items():
-        new = release_key_to_xwam(key)
-        if new is not None:
+        bare = key.removeprefix("module.")
+        prefix = next((p for p in RELEASE_FROZEN_PREFIXES if bare.startswith(p)), None)
+        if prefix is not None:
+            frozen[prefix] += 1
+            continue
+        new = release_key_to_xwam(bare) if bare.startswith("model.") else None
+        if new is None:
+            unplaced.append(key)
+        else:
             state[new] = value
+    if unplaced:
+        raise ValueError(f"{path}: {len(unplaced)} keys have no place in the X-WAM model (first: {unplaced[:5]}); "
+                         "is this an X-WAM release checkpoint?")
+    if any(frozen.values()):
+        logger.info("%s: skipped the frozen %d text_encoder.* (umT5) and %d vae.* keys; the text encoder and "
+                    "codec load from --text-path / --vae-path", path, frozen["text_encoder."], frozen["vae."])
     model = XWAMTransformer(cfg)
     _load_strict(model, state, str(path))
     return model
@@ -194,13 +214,16 @@ def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransform
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
     shape_errors = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                     for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if missing or shape_errors:
+    if missing or unexpected or shape_errors:
         parts = []
         if missing:
             parts.append(f"{len(missing)} parameters missing (first: {missing[:5]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} checkpoint tensors with no parameter (first: {unexpected[:5]})")
         if shape_errors:
             parts.append(f"{len(shape_errors)} shape mismatches (first: {shape_errors[:3]})")
         raise ValueError(f"cannot load {source} into the model: " + "; ".join(parts))
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    module.load_state_dict(state, strict=True)
