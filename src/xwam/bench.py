@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import WanTransformer3DModel
 
 from xwam.atomic import atomic_write_json
 from xwam.codecs import NoTextEncoder, PatchPCACodec
 from xwam.config import SamplerConfig, XWAMConfig, get_preset
 from xwam.data.stats import NormStats
 from xwam.diffusion.sampler import AsyncSampler, Conditioning
-from xwam.model.transformer import TIME_SCALE, XWAMTransformer
+from xwam.model.transformer import TIME_SCALE, XWAMTransformer, wan_backbone_kwargs
 from xwam.processor import XWAMProcessor
 
 
@@ -132,14 +133,21 @@ def bench_forward(preset: str = "small", device: str = "cpu", dtype: torch.dtype
     text = torch.randn(1, m.text_len, m.text_dim, generator=g).to(device=device, dtype=dtype)
     t = torch.tensor([0.7], device=device)
     per_token = model.token_timesteps(m.token_grid, t, None, 0, 0)
+    # diffusers' own model class and forward, holding our backbone's weights
+    stock_model = WanTransformer3DModel(**wan_backbone_kwargs(m)).to(device=device, dtype=dtype).eval()
+    stock_model.load_state_dict(model.backbone.state_dict())
+    model.view_embedding.weight.data.zero_()  # single view: no view offset, so both compute the same thing
     with torch.no_grad():
         ours = _stats(timeit(lambda: model(video, text, t), dev, repeats))
-        stock = _stats(timeit(lambda: model.backbone(video[:, 0], per_token * TIME_SCALE, text, return_dict=False),
+        stock = _stats(timeit(lambda: stock_model(video[:, 0], per_token * TIME_SCALE, text, return_dict=False),
                               dev, repeats))
+        difference = (model(video, text, t).video[:, 0].float()
+                      - stock_model(video[:, 0], per_token * TIME_SCALE, text, return_dict=False)[0].float())
     return {"benchmark": "forward", "preset": preset, "device": _device_name(dev), "dtype": str(dtype),
             "video_tokens": m.num_video_tokens,
             "results": {"xwam forward": ours, "diffusers WanTransformer3DModel.forward": stock},
-            "overhead": ours["median_ms"] / stock["median_ms"]}
+            "overhead": ours["median_ms"] / stock["median_ms"],
+            "max_abs_difference": float(difference.abs().max())}
 
 
 def _device_name(dev: torch.device) -> str:
@@ -156,6 +164,8 @@ def print_table(report: dict[str, Any]) -> None:
     for key in ("speedup", "overhead"):
         if key in report:
             print(f"  {key}: {report[key]:.2f}x")
+    if "max_abs_difference" in report:
+        print(f"  max |ours - diffusers|: {report['max_abs_difference']:.2e}")
 
 
 def write_json(path: str | Path, reports: list[dict[str, Any]]) -> None:

@@ -58,11 +58,36 @@ def test_stats_json_with_list_counts(capsys: pytest.CaptureFixture) -> None:
     data = json.loads((FIXTURES / "mixed_resolution/meta/stats.json").read_text())
     assert data["action"]["count"] == [21]
     assert FeatureStats.from_dict(data["action"]).count == 21
-    norm = load_dataset_norm_stats(FIXTURES / "mixed_resolution")
-    assert norm.state_dim == 6 and norm.action_dim == 4 and norm.state_names[-1] == "gripper"
     assert main(["dataset", "info", str(FIXTURES / "mixed_resolution")]) == 0
-    out = capsys.readouterr().out
-    assert "state q01" in out
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("stats:"))
+    assert "per-episode quantiles" in line and "xwam dataset stats" in line
+
+
+def test_lerobot_quantiles_are_not_used_for_normalisation(tmp_path: Path) -> None:
+    # lerobot 0.4.4 aggregates per-episode quantiles by a count-weighted mean: the ramps 0..11 and
+    # 100..108 get q01 = 42.9 where the dataset's is 0.2
+    root = _copy("mixed_resolution", tmp_path)
+    lerobot_q01 = json.loads((root / "meta/stats.json").read_text())["observation.state"]["q01"][0]
+    assert lerobot_q01 == pytest.approx(42.86, abs=0.1)
+    with pytest.raises(FileNotFoundError, match="per-episode quantiles"):
+        load_dataset_norm_stats(root)
+    assert main(["dataset", "stats", str(root), "--no-images"]) == 0
+    norm = load_dataset_norm_stats(root)
+    assert norm.state.q01[0] == pytest.approx(0.2) and norm.state.q99[0] == pytest.approx(107.8)
+    assert norm.state_names[-1] == "gripper" and norm.action_dim == 4
+
+
+def test_xwam_stats_json_with_list_counts_loads(tmp_path: Path) -> None:
+    from xwam_dataset_testutils import make_episode
+
+    from xwam.data.lerobot import write_episodes
+
+    root = tmp_path / "ds"
+    write_episodes(root, [make_episode(12, seed=0)])
+    (root / "meta/xwam_norm.json").unlink()  # falls back to stats.json, whose counts are lists
+    assert json.loads((root / "meta/stats.json").read_text())["action"]["count"] == [12]
+    norm = load_dataset_norm_stats(root)
+    assert norm.state.count == 12 and norm.action.count == 12
 
 
 # ---- 3. cameras of different resolutions -----------------------------------------------------
@@ -176,8 +201,10 @@ def test_stats_merge_keeps_lerobot_features(tmp_path: Path, capsys: pytest.Captu
     assert main(["dataset", "stats", str(root)]) == 0
     after = json.loads((root / "meta/stats.json").read_text())
     assert set(before) <= set(after)
-    assert after["next.done"] == before["next.done"] and after["next.reward"] == before["next.reward"]
-    # our exact statistics of what we read replace lerobot's; lerobot's list-valued counts stay lists
+    # a bool feature xwam computes nothing for keeps lerobot's entry as it was
+    assert after["next.done"] == before["next.done"]
+    # exact statistics (every frame) replace lerobot's for the same feature; counts stay lists
+    assert after["next.reward"]["count"] == before["next.reward"]["count"] == [21]
     assert after["action"]["count"] == [21]
     np.testing.assert_allclose(after["observation.state"]["min"], [0, 1, 2, 3, 4, 5])
     assert (root / "meta/xwam_norm.json").is_file()
@@ -238,9 +265,9 @@ def test_bad_stats_json_is_one_clear_line(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(DatasetError, match="stats.json"):
         load_dataset_norm_stats(root)
     (root / "meta/stats.json").write_text("{not json")
-    assert main(["dataset", "info", str(root)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "meta/stats.json" in err
+    assert main(["dataset", "info", str(root)]) == 0  # the summary shows, and says what is wrong
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("stats:"))
+    assert "meta/stats.json is not valid JSON" in line
     assert main(["dataset", "stats", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "meta/stats.json" in err

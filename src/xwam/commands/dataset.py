@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stats",
         help="compute and write normalisation statistics, print a table",
         description="Compute per-dimension statistics (q01, q99, mean, std, min, max) over every frame and write "
-        "meta/stats.json (LeRobot format) and meta/xwam_norm.json (state/action normalisation). For a release "
+        "meta/xwam_norm.json (state/action normalisation). They are merged into meta/stats.json (LeRobot format): "
+        "entries of features xwam does not compute (e.g. next.done) are kept, never dropped. For a release "
         "dataset (read-only layout) use --out to choose where norm_stats.json goes.",
     )
     stats.add_argument("path", help="dataset folder")
@@ -61,13 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _summary(ds: Any) -> dict[str, Any]:
     lengths = [ds.episode_length(i) for i in range(ds.num_episodes)]
     first_numeric = ds.episode_numeric(0) if ds.num_episodes else None
-    if hasattr(ds, "image_size"):
-        height, width = ds.image_size
-    elif ds.num_episodes:
+    sizes: dict[str, tuple[int, int]] = dict(getattr(ds, "image_sizes", {}) or {})
+    if not sizes and ds.num_episodes:
         first = ds.episode(0, load_depth=False)
-        height, width = first.rgb[first.camera_names[0]].shape[1:3]
-    else:
-        height = width = None
+        sizes = {c: tuple(first.rgb[c].shape[1:3]) for c in first.camera_names}
+    height, width = sizes[ds.camera_names[0]] if sizes else (None, None)
     out: dict[str, Any] = {
         "path": str(ds.root),
         "layout": type(ds).__name__,
@@ -81,6 +80,7 @@ def _summary(ds: Any) -> dict[str, Any]:
         "fps": ds.fps,
         "cameras": list(ds.camera_names),
         "resolution": [int(height), int(width)] if height is not None else None,
+        "camera_sizes": {c: [int(h), int(w)] for c, (h, w) in sizes.items()},
         "depth": bool(ds.has_depth),
         "camera_matrices": bool(
             getattr(ds, "has_intrinsics", False) and getattr(ds, "has_extrinsics", False)
@@ -94,6 +94,8 @@ def _summary(ds: Any) -> dict[str, Any]:
         }
         out["tasks"] = len(ds.tasks)
         out["depth_encoding"] = ds.info.get("xwam", {}).get("depth")
+        out["ignored_features"] = list(getattr(ds, "ignored_features", []))
+        out["problems"] = ds.video_problems() if hasattr(ds, "video_problems") else []
         size = sum(p.stat().st_size for p in Path(ds.root).rglob("*") if p.is_file())
         out["size_mb"] = round(size / 2**20, 2)
     try:
@@ -107,8 +109,9 @@ def _summary(ds: Any) -> dict[str, Any]:
             "invalid_state_dims": [n for n, v in zip(norm.state_names, norm.state_valid) if not v],
             "invalid_action_dims": [n for n, v in zip(norm.action_names, norm.action_valid) if not v],
         }
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError) as exc:  # the summary says why, and the rest still shows
         out["stats"] = None
+        out["stats_problem"] = str(exc)
     return out
 
 
@@ -127,7 +130,12 @@ def run_info(args: argparse.Namespace) -> int:
         f"{summary['episode_length']['max']}"
     )
     resolution = f"{res[0]}x{res[1]}" if res else "?"
-    print(f"  cameras    {', '.join(summary['cameras'])}  resolution {resolution}")
+    sizes = summary["camera_sizes"]
+    if len({tuple(v) for v in sizes.values()}) > 1:
+        listed = ", ".join(f"{c} {h}x{w}" for c, (h, w) in sizes.items())
+        print(f"  cameras    {listed}  (different sizes: each is resized to the model's image size)")
+    else:
+        print(f"  cameras    {', '.join(summary['cameras'])}  resolution {resolution}")
     print(
         f"  depth      {'yes' if summary['depth'] else 'no'}"
         + (f" ({summary['depth_encoding']})" if summary.get("depth_encoding") else "")
@@ -140,8 +148,14 @@ def run_info(args: argparse.Namespace) -> int:
         )
     if summary.get("features"):
         print("  features:")
+        ignored = set(summary.get("ignored_features") or [])
         for key, f in summary["features"].items():
-            print(f"    {key:48s} {f['dtype']:8s} {f['shape']}")
+            print(f"    {key:48s} {f['dtype']:8s} {f['shape']}" + ("  (ignored)" if key in ignored else ""))
+    if summary.get("ignored_features"):
+        print(f"  ignored    {', '.join(summary['ignored_features'])} (xwam reads only the cameras, depth, camera "
+              "matrices, observation.state and action)")
+    for problem in summary.get("problems") or []:
+        print(f"  WARNING    {problem}")
     if summary["stats"]:
         s = summary["stats"]
         print("  stats:")
@@ -151,7 +165,7 @@ def run_info(args: argparse.Namespace) -> int:
         if s["invalid_state_dims"] or s["invalid_action_dims"]:
             print(f"    invalid dims: state {s['invalid_state_dims']} action {s['invalid_action_dims']}")
     else:
-        print("  stats:     none (run `xwam dataset stats PATH`)")
+        print(f"  stats:     none ({summary.get('stats_problem') or 'run `xwam dataset stats PATH`'})")
     return 0
 
 
@@ -189,7 +203,7 @@ def run_stats(args: argparse.Namespace) -> int:
     ds = open_dataset(args.path)
     if args.out is None and hasattr(ds, "features"):
         norm = write_dataset_stats(args.path, images=not args.no_images)
-        print(f"wrote {Path(args.path) / 'meta/stats.json'} and {Path(args.path) / 'meta/xwam_norm.json'}")
+        print(f"wrote {Path(args.path) / 'meta/xwam_norm.json'} and merged into {Path(args.path) / 'meta/stats.json'}")
     else:
         norm = compute_norm_stats(ds)
         out = Path(args.out or Path(args.path) / "norm_stats.json")

@@ -63,7 +63,7 @@ class ClipConfig:
     num_frames: int = 9
     frame_skip: int = 4
     action_horizon: int = 32
-    image_size: tuple[int, int] | None = None  # (H, W) to resize to; None keeps the stored size
+    image_size: tuple[int, int] | None = None  # (H, W) every camera is resized to; None: the first camera's
     image_dtype: str = "uint8"  # "uint8" or "float" ([-1, 1])
     load_depth: bool | None = None  # None: depth when every source has it
     require_full_actions: bool = False
@@ -198,21 +198,29 @@ class ClipDataset(Dataset):
         ep = src.episode(e, load_depth=self.with_depth)
         frames = t0 + cfg.frame_skip * np.arange(cfg.num_frames)
         cams = ep.camera_names
-        images = (
-            torch.from_numpy(np.stack([ep.rgb[c][frames] for c in cams])).permute(0, 1, 4, 2, 3).contiguous()
-        )
+        # Cameras may differ in size (datasets written by lerobot often do): each view is resized on
+        # its own, to the configured size or else the first camera's, before the views are stacked.
+        size = tuple(cfg.image_size) if cfg.image_size is not None else tuple(ep.rgb[cams[0]].shape[1:3])
+        views: list[torch.Tensor] = []
+        depths: list[torch.Tensor] = []
+        intrs: list[torch.Tensor] = []
+        for c in cams:
+            img = torch.from_numpy(ep.rgb[c][frames]).permute(0, 3, 1, 2)[None]
+            dep = torch.from_numpy(ep.depth[c][frames].astype(np.float32))[None] if self.with_depth else None
+            K = torch.from_numpy(ep.intrinsics[c][frames].astype(np.float32))[None] if self.with_cameras else None
+            if tuple(img.shape[-2:]) != size:
+                img, dep, K = resize_views(img, dep, K, size)
+            views.append(img[0])
+            if dep is not None:
+                depths.append(dep[0])
+            if K is not None:
+                intrs.append(K[0])
+        images, depth, intr = _stack_views(views, depths, intrs)
+        images = images.contiguous()
         sample: dict[str, Any] = {}
-        depth = (
-            torch.from_numpy(np.stack([ep.depth[c][frames] for c in cams]).astype(np.float32))
-            if self.with_depth
-            else None
-        )
-        intr = extr = None
+        extr = None
         if self.with_cameras:
-            intr = torch.from_numpy(np.stack([ep.intrinsics[c][frames] for c in cams]).astype(np.float32))
             extr = torch.from_numpy(np.stack([ep.extrinsics[c][frames] for c in cams]).astype(np.float32))
-        if cfg.image_size is not None and tuple(images.shape[-2:]) != tuple(cfg.image_size):
-            images, depth, intr = resize_views(images, depth, intr, tuple(cfg.image_size))
         if cfg.shift_pixels:
             images, depth, intr = random_shift_views(images, depth, intr, cfg.shift_pixels, gen)
         if cfg.augment:

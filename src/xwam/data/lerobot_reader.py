@@ -24,7 +24,9 @@ it (see the writer in :mod:`xwam.data.lerobot`). Kept apart from the writer so t
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,9 @@ import pyarrow.parquet as pq
 
 from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
-from xwam.data.video import DepthQuantizer, decode_frames
+from xwam.data.video import DepthQuantizer, decode_frames, probe_video
+
+log = logging.getLogger(__name__)
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -48,6 +52,8 @@ NORM_PATH = "meta/xwam_norm.json"
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+# LeRobot's bookkeeping columns: read where needed, never features a model sees
+INDEX_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
 def rgb_key(cam: str) -> str:
@@ -159,13 +165,16 @@ class LeRobotV3Dataset:
         self._cache = EpisodeCache(self.cache_size)
         self._tables: OrderedDict[Path, pa.Table] = OrderedDict()
         x = self.info.get("xwam", {})
-        video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        # a camera is a video feature or, when lerobot wrote it with use_videos=False, an image
+        # feature (PNG bytes in the data parquet)
+        camera_keys = [k for k, f in self.features.items() if f.get("dtype") in ("video", "image")]
+        self.image_keys = {k for k in camera_keys if self.features[k].get("dtype") == "image"}
         self.depth_keys: dict[str, str] = {}
         self.rgb_keys: dict[str, str] = {}
-        for key in video_keys:
+        for key in camera_keys:
             vinfo = self.features[key].get("info") or {}
             cam = key.split(".", 2)[-1] if key.count(".") >= 2 else key
-            if vinfo.get("video.is_depth_map") or key.startswith("observation.depth."):
+            if key not in self.image_keys and (vinfo.get("video.is_depth_map") or key.startswith("observation.depth.")):
                 self.depth_keys[cam.removesuffix("_depth")] = key
             else:
                 self.rgb_keys[cam] = key
@@ -173,8 +182,9 @@ class LeRobotV3Dataset:
         for cam in self.camera_names:
             if cam not in self.rgb_keys:
                 raise DatasetError(f"{self.root / INFO_PATH}: camera {cam!r} has no RGB video feature")
-        self.depth_quantizer = DepthQuantizer.from_dict(x["depth"]) if x.get("depth") else DepthQuantizer()
+        self.depth_quantizer = self._depth_quantizer(x)
         self.has_depth = bool(self.depth_keys) and all(c in self.depth_keys for c in self.camera_names)
+        self.image_sizes = {cam: self._feature_size(self.rgb_keys[cam]) for cam in self.camera_names}
         self.has_intrinsics = all(intrinsics_key(c) in self.features for c in self.camera_names)
         self.has_extrinsics = all(extrinsics_key(c) in self.features for c in self.camera_names)
         self.state_key = STATE_KEY if STATE_KEY in self.features else None
@@ -184,8 +194,52 @@ class LeRobotV3Dataset:
             {i: t for t, i in load_tasks(self.root).items()} if (self.root / TASKS_PATH).exists() else {}
         )
         self.episodes = self._load_episodes()
+        self.ignored_features = [k for k in self.features if k not in self.used_features()]
+        if self.ignored_features:
+            log.info("%s: ignoring features xwam does not read: %s", self.root, ", ".join(self.ignored_features))
 
     # ---- metadata ---------------------------------------------------------------------------
+    def used_features(self) -> list[str]:
+        """The features a model sees: cameras, depth (when every camera has it), camera matrices
+        (when every camera has both), state and action, plus LeRobot's index columns."""
+        used = [self.rgb_keys[c] for c in self.camera_names]
+        if self.has_depth:
+            used += [self.depth_keys[c] for c in self.camera_names]
+        if self.has_intrinsics:
+            used += [intrinsics_key(c) for c in self.camera_names]
+        if self.has_extrinsics:
+            used += [extrinsics_key(c) for c in self.camera_names]
+        used += [k for k in (STATE_KEY, ACTION_KEY, *INDEX_KEYS) if k in self.features]
+        return used
+
+    def _depth_quantizer(self, x: dict[str, Any]) -> DepthQuantizer:
+        """From ``info["xwam"]``, else from the depth features' ``video.depth_*`` entries (lerobot's
+        tools rewrite info.json without our ``xwam`` block but keep each feature's info)."""
+        if x.get("depth"):
+            return DepthQuantizer.from_dict(x["depth"])
+        for key in self.depth_keys.values():
+            vinfo = self.features[key].get("info") or {}
+            if "video.depth_bits" not in vinfo:
+                continue
+            encoding = vinfo.get("video.depth_encoding", "log")
+            if encoding != "log":
+                raise DatasetError(
+                    f"{self.root / INFO_PATH}: {key} uses depth encoding {encoding!r}; only 'log' is supported"
+                )
+            names = {"depth_min": "video.depth_min", "depth_max": "video.depth_max",
+                     "shift": "video.depth_shift", "bits": "video.depth_bits"}
+            return DepthQuantizer.from_dict({k: vinfo[v] for k, v in names.items() if v in vinfo})
+        return DepthQuantizer()
+
+    def _feature_size(self, key: str) -> tuple[int, int]:
+        """(H, W) of a camera feature: shape [H, W, C], or [C, H, W] where its names say so."""
+        feature = self.features[key]
+        shape, names = feature.get("shape") or [], feature.get("names")
+        if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(n, int) for n in shape):
+            raise DatasetError(f"{self.root / INFO_PATH}: {key} has shape {shape!r}, expected [height, width, 3]")
+        if isinstance(names, list) and len(names) == 3 and names[0] in ("channel", "channels"):
+            return int(shape[1]), int(shape[2])
+        return int(shape[0]), int(shape[1])
     def _load_episodes(self) -> list[dict[str, Any]]:
         total = int(self.info["total_episodes"])
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
@@ -219,8 +273,9 @@ class LeRobotV3Dataset:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        shape = self.features[self.rgb_keys[self.camera_names[0]]]["shape"]
-        return int(shape[0]), int(shape[1])
+        """(H, W) of the first camera: what clips resize every camera to when no size is given.
+        ``image_sizes`` holds every camera's own size (cameras may differ)."""
+        return self.image_sizes[self.camera_names[0]]
 
     def episode_length(self, i: int) -> int:
         return int(self._row(i)["length"])
@@ -236,12 +291,31 @@ class LeRobotV3Dataset:
 
     def stats(self) -> dict[str, Any] | None:
         path = self.root / STATS_PATH
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+        return read_stats_json(path) if path.exists() else None
+
+    def video_problems(self) -> list[str]:
+        """Depth videos whose stored pixel format is not the one the depth quantiser needs (a tool
+        re-encoded them without updating info.json), one line each; checks episode 0's files."""
+        if not self.num_episodes:
+            return []
+        problems = []
+        for cam in self.camera_names:
+            key = self.depth_keys.get(cam)
+            if key is None:
+                continue
+            path = self._video_path(0, key)
+            if not path.is_file():
+                continue  # reading reports a missing file naming the episode
+            found = probe_video(path)
+            bits = found["bits"]
+            if bits != self.depth_quantizer.bits:
+                declared = (self.features[key].get("info") or {}).get("video.pix_fmt", "?")
+                problems.append(
+                    f"{key}: {path} holds {found['codec']} {found['pix_fmt']} ({bits}-bit) but info.json "
+                    f"declares {declared} and the depth quantiser needs {self.depth_quantizer.bits}-bit codes: "
+                    f"the depth cannot be read (re-encoded by another tool)"
+                )
+        return problems
 
     # ---- frames -----------------------------------------------------------------------------
     def _data_path(self, row: dict[str, Any]) -> Path:
@@ -299,21 +373,64 @@ class LeRobotV3Dataset:
         action = column_to_numpy(table, ACTION_KEY, where).astype(np.float32).reshape(T, -1)
         return state, action
 
-    def _video(self, i: int, key: str, kind: str) -> np.ndarray:
+    def _video_path(self, i: int, key: str) -> Path:
         row = self._row(i)
         prefix = f"videos/{key}/"
         if row.get(prefix + "file_index") is None or row.get(prefix + "from_timestamp") is None:
             raise DatasetError(f"{row['_meta_file']}: episode {i} has no video for {key!r} (camera missing)")
-        template = self.info.get("video_path", VIDEO_PATH)
-        path = self.root / template.format(
+        template = self.info.get("video_path") or VIDEO_PATH
+        return self.root / template.format(
             video_key=key,
             chunk_index=int(row[prefix + "chunk_index"]),
             file_index=int(row[prefix + "file_index"]),
         )
-        first = int(round(float(row[prefix + "from_timestamp"]) * self.fps))
+
+    def _video(self, i: int, key: str, kind: str) -> np.ndarray:
+        row = self._row(i)
+        path = self._video_path(i, key)
+        first = int(round(float(row[f"videos/{key}/from_timestamp"]) * self.fps))
         length = int(row["length"])
-        frames = decode_frames(path, fps=self.fps, first_index=first, count=length, kind=kind, episode=i)
-        return frames
+        if kind != "depth":
+            return decode_frames(path, fps=self.fps, first_index=first, count=length, kind=kind, episode=i)
+        declared = (self.features[key].get("info") or {}).get("video.pix_fmt")
+        return decode_frames(path, fps=self.fps, first_index=first, count=length, kind=kind, episode=i,
+                             depth_bits=self.depth_quantizer.bits, declared=declared)
+
+    def _images(self, table: pa.Table, key: str, where: str) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames of a camera stored as an image feature: each row holds the
+        encoded image (PNG for datasets written by lerobot 0.4.4) as ``{"bytes", "path"}``."""
+        from PIL import Image
+
+        if key not in table.column_names:
+            raise DatasetError(f"{where}: column {key!r} is missing")
+        frames = []
+        for t, item in enumerate(table.column(key).to_pylist()):
+            data = item.get("bytes") if isinstance(item, dict) else item
+            if data is None:
+                # not embedded: lerobot keeps the path of the image file it was written from
+                rel = item.get("path") if isinstance(item, dict) else None
+                file = self.root / rel if rel else None
+                if file is None or not file.is_file():
+                    raise DatasetError(f"{where}: frame {t} of {key!r} has no image bytes (path {rel!r} not found)")
+                data = file.read_bytes()
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    frame = np.asarray(image.convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise DatasetError(f"{where}: frame {t} of {key!r} is not a readable image: {exc}") from exc
+            if frames and frame.shape != frames[0].shape:
+                raise DatasetError(
+                    f"{where}: frame {t} of {key!r} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}"
+                )
+            frames.append(frame)
+        if not frames:
+            return np.zeros((0, *self._feature_size(key), 3), np.uint8)
+        return np.stack(frames)
+
+    def _camera(self, i: int, cam: str, table: pa.Table, where: str) -> np.ndarray:
+        key = self.rgb_keys[cam]
+        return self._images(table, key, where) if key in self.image_keys else self._video(i, key, "rgb")
 
     def episode(self, i: int, *, load_depth: bool | None = None) -> Episode:
         """Episode ``i`` with its RGB (and depth when stored and asked for) decoded."""
@@ -327,7 +444,7 @@ class LeRobotV3Dataset:
         where = f"{self._data_path(row)} (episode {i})"
         state, action = self._state_action(table, where)
         T = table.num_rows
-        rgb = {cam: self._video(i, self.rgb_keys[cam], "rgb") for cam in self.camera_names}
+        rgb = {cam: self._camera(i, cam, table, where) for cam in self.camera_names}
         depth = None
         if want_depth:
             depth = {}
@@ -384,6 +501,17 @@ class LeRobotV3Dataset:
             f"LeRobotV3Dataset({str(self.root)!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
             f"fps={self.fps:g}, cameras={self.camera_names}, depth={self.has_depth})"
         )
+
+
+def read_stats_json(path: Path) -> dict[str, Any]:
+    """LeRobot's ``meta/stats.json`` as a dict (``{}`` when lerobot's tools left it empty)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DatasetError(f"{path}: expected an object of per-feature statistics objects")
+    return data
 
 
 def _names(feature: dict[str, Any] | None) -> list[str] | None:

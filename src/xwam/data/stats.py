@@ -334,51 +334,111 @@ def compute_lerobot_stats(
     if image_episodes and n:
         chosen = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, image_episodes))})
         pixels: dict[str, list[np.ndarray]] = {cam: [] for cam in dataset.camera_names}
+        sampled_frames = 0
         for i in chosen:
             ep = dataset.episode(i, load_depth=False)
             pick = np.unique(np.linspace(0, ep.length - 1, image_frames_per_episode).round().astype(int))
+            sampled_frames += len(pick)
             for cam in dataset.camera_names:
                 pixels[cam].append(ep.rgb[cam][pick].reshape(-1, 3) / 255.0)
         for cam, parts in pixels.items():
             values = np.concatenate(parts)
             s = _lerobot_feature_stats(values)
+            s["count"] = [sampled_frames]  # frames, as lerobot counts images (not pixels)
             stats[dataset.rgb_keys[cam]] = {
                 k: (np.asarray(v).reshape(-1, 1, 1).tolist() if k != "count" else v) for k, v in s.items()
             }
     return stats
 
 
+def merge_lerobot_stats(
+    existing: dict[str, Any], computed: dict[str, Any], *, sampled: set[str], ours: bool
+) -> dict[str, Any]:
+    """``meta/stats.json`` after ``xwam dataset stats``: nothing already there is dropped.
+
+    Statistics computed over every frame replace the stored ones of the same feature (same data,
+    exact quantiles). Camera statistics from a sample of frames (``sampled``) replace stored ones
+    only in a dataset xwam wrote (``ours``), where they are ours to refresh; lerobot's, computed over
+    every frame, are kept. Features we compute nothing for (e.g. lerobot's bool ``next.done``) keep
+    their entries untouched.
+    """
+    merged = dict(existing)
+    for key, value in computed.items():
+        if key in sampled and key in existing and not ours:
+            continue
+        merged[key] = value
+    return merged
+
+
 def write_dataset_stats(root: str | Path, *, images: bool = True) -> NormStats:
-    """Compute and write ``meta/stats.json`` (LeRobot) and ``meta/xwam_norm.json`` (NormStats)."""
-    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset
+    """Compute ``meta/xwam_norm.json`` (NormStats) and merge ours into ``meta/stats.json`` (LeRobot).
+
+    An unreadable ``meta/stats.json`` is refused (DatasetError) rather than overwritten.
+    """
+    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset, read_stats_json
 
     dataset = LeRobotV3Dataset(root, cache_size=0)
+    path = Path(root) / STATS_PATH
+    existing = read_stats_json(path) if path.is_file() else {}
     lerobot_stats = compute_lerobot_stats(dataset, image_episodes=4 if images else 0)
-    atomic_write_json(Path(root) / STATS_PATH, lerobot_stats)
+    merged = merge_lerobot_stats(
+        existing, lerobot_stats, sampled=set(dataset.rgb_keys.values()), ours="xwam" in dataset.info
+    )
     norm = compute_norm_stats(dataset)
+    atomic_write_json(path, merged)
     norm.to_json(Path(root) / NORM_PATH)
     return norm
 
 
 def load_dataset_norm_stats(root: str | Path) -> NormStats:
-    """The dataset's NormStats: ``meta/xwam_norm.json``, else derived from LeRobot's stats.json."""
-    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset
+    """The dataset's NormStats: ``meta/xwam_norm.json``, else derived from a stats.json xwam wrote.
+
+    Raises FileNotFoundError when neither holds usable state and action statistics, so callers
+    compute them instead: lerobot's ``delete_episodes`` / ``split_dataset`` leave ``stats.json`` as
+    ``{}``, older lerobot versions wrote no quantiles, and the q01/q99 that lerobot 0.4.4 writes
+    are count-weighted means of per-episode quantiles, not the dataset's (state 0..11 in one
+    episode and 100..108 in another gives q01 = 43), so a stats.json from lerobot is never used for
+    normalisation. DatasetError when a file is malformed.
+    """
+    from xwam.data.lerobot_reader import NORM_PATH, STATS_PATH, LeRobotV3Dataset, read_stats_json
 
     root = Path(root)
     if (root / NORM_PATH).is_file():
-        return NormStats.from_json(root / NORM_PATH)
-    if (root / STATS_PATH).is_file():
-        data = json.loads((root / STATS_PATH).read_text())
-        if "observation.state" in data and "action" in data:
-            ds = LeRobotV3Dataset(root, cache_size=0)
-            return NormStats(
-                state=FeatureStats.from_dict(data["observation.state"]),
-                action=FeatureStats.from_dict(data["action"]),
-                state_names=ds.state_names or default_state_names(len(data["observation.state"]["q01"])),
-                action_names=ds.action_names or default_action_names(len(data["action"]["q01"])),
-            )
-    raise FileNotFoundError(
-        f"{root}: no statistics (meta/xwam_norm.json or meta/stats.json); run `xwam dataset stats`"
+        try:
+            return NormStats.from_json(root / NORM_PATH)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
+    path = root / STATS_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{root}: no statistics (meta/xwam_norm.json or meta/stats.json); run `xwam dataset stats`"
+        )
+    data = read_stats_json(path)
+    needed = ("q01", "q99", "mean", "std", "min", "max")
+    lacking = [k for k in ("observation.state", "action") if not all(q in data.get(k, {}) for q in needed)]
+    if lacking:
+        what = "is empty" if not data else f"has no {'/'.join(needed)} for {' and '.join(lacking)}"
+        raise FileNotFoundError(f"{path} {what}: no normalisation statistics; run `xwam dataset stats {root}`")
+    try:
+        state = FeatureStats.from_dict(data["observation.state"])
+        action = FeatureStats.from_dict(data["action"])
+        for name, f in (("observation.state", state), ("action", action)):
+            dims = {np.shape(getattr(f, q)) for q in needed}
+            if len(dims) != 1 or len(next(iter(dims))) != 1:
+                raise ValueError(f"{name} statistics are not vectors of one length (shapes {sorted(dims)})")
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: invalid statistics: {exc}") from exc
+    ds = LeRobotV3Dataset(root, cache_size=0)
+    if "xwam" not in ds.info:  # lerobot wrote it (or rewrote it: its tools drop our info block)
+        raise FileNotFoundError(
+            f"{path} is lerobot's: its q01/q99 average per-episode quantiles, not the dataset's; "
+            f"run `xwam dataset stats {root}` (training computes exact statistics itself)"
+        )
+    return NormStats(
+        state=state,
+        action=action,
+        state_names=ds.state_names or default_state_names(len(state.q01)),
+        action_names=ds.action_names or default_action_names(len(action.q01)),
     )
 
 

@@ -183,6 +183,8 @@ def decode_frames(
     count: int,
     kind: str = "rgb",
     episode: int | None = None,
+    depth_bits: int | None = None,
+    declared: str | None = None,
 ) -> np.ndarray:
     """Decode ``count`` consecutive frames starting at file frame ``first_index``.
 
@@ -190,6 +192,11 @@ def decode_frames(
     or that hold many episodes are handled. Returns (count, H, W, 3) uint8 for RGB and
     (count, H, W) uint16 (12-bit codes) or uint8 (8-bit grey) for depth. Any decoder failure, a
     missing file or missing frames raise :class:`DatasetError` naming the file and episode.
+
+    ``depth_bits``: the bit depth the depth quantiser's codes need. A depth video that decodes to
+    another bit depth is refused (``declared``, the pixel format the metadata claims, goes in the
+    message): a tool that re-encodes the videos (lerobot 0.4.4's ``delete_episodes`` writes 8-bit
+    AV1) turns the codes into values that would silently decode to wrong distances.
     """
     path = Path(path)
     where = f"{path}" + (f" (episode {episode})" if episode is not None else "")
@@ -219,6 +226,8 @@ def decode_frames(
                     continue
                 if index > wanted_last:
                     break
+                if depth_bits is not None:
+                    _check_depth_bits(frame, depth_bits, declared, where)
                 frames[index] = _frame_to_array(frame, kind, reformatter)
     except DatasetError:
         raise
@@ -231,6 +240,17 @@ def decode_frames(
             f"[{first_index}, {wanted_last}] are missing (first missing: {missing[0]})"
         )
     return np.stack([frames[i] for i in range(first_index, wanted_last + 1)])
+
+
+def _check_depth_bits(frame: av.VideoFrame, bits: int, declared: str | None, where: str) -> None:
+    found = frame.format.components[0].bits
+    if found != bits:
+        claim = f" (info.json declares {declared})" if declared else ""
+        raise DatasetError(
+            f"depth video {where} decodes as {frame.format.name} ({found}-bit){claim} but the depth "
+            f"quantiser expects {bits}-bit codes: the video was re-encoded by another tool; refusing to "
+            f"read it as depth (re-export the depth, or read RGB only)"
+        )
 
 
 def _frame_to_array(frame: av.VideoFrame, kind: str, reformatter: VideoReformatter) -> np.ndarray:
@@ -253,9 +273,11 @@ def probe_video(path: str | Path) -> dict[str, Any]:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            pix_fmt = stream.codec_context.pix_fmt
             return {
                 "codec": stream.codec_context.name,
-                "pix_fmt": stream.codec_context.pix_fmt,
+                "pix_fmt": pix_fmt,
+                "bits": av.VideoFormat(pix_fmt).components[0].bits if pix_fmt else None,
                 "width": stream.codec_context.width,
                 "height": stream.codec_context.height,
                 "frames": stream.frames,
