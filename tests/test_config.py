@@ -17,6 +17,7 @@ def test_checkpoint_configs_with_the_old_cfg_scale_key_still_load(tmp_path):
     del data["sampler"]["guidance_scale"]
     data["sampler"]["cfg_scale"] = 2.5  # as written before the rename
     (path / "config.json").write_text(json.dumps(data))
+    (path / "manifest.json").unlink()  # checkpoints of that time had no manifest
     _, loaded, _ = load_checkpoint(path)
     assert loaded.sampler.guidance_scale == 2.5
     assert XWAMConfig.from_dict(data).sampler == dataclasses.replace(config.sampler, guidance_scale=2.5)

@@ -22,3 +22,27 @@ def test_convert_wan_diffusers_folder_to_an_xwam_checkpoint(tmp_path, capsys):
 def test_convert_rejects_unknown_sources(tmp_path, capsys):
     assert main(["convert", "pickle:/x", "--out", str(tmp_path / "o")]) == 2
     assert "release:PATH" in capsys.readouterr().err
+
+
+def test_a_converted_release_checkpoint_acts_as_the_release_does(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import xwam.model.loading as loading
+    from xwam.data.stats import NormStats
+    from xwam.policy import XWAMPolicy
+
+    monkeypatch.setattr(loading, "load_release_checkpoint", lambda path, cfg: XWAMTransformer(cfg))
+    rng = np.random.default_rng(0)
+    cfg = get_preset("tiny").model
+    NormStats.from_arrays(rng.normal(size=(50, cfg.state_dim)), rng.normal(size=(50, cfg.action_dim))).to_json(
+        tmp_path / "stats.json")
+    # the tiny chunk has 4 actions, so the release's re-planning every 32 is overridden; the rest stays
+    assert main(["convert", f"release:{tmp_path}", "--preset", "tiny", "--out", str(tmp_path / "ckpt"),
+                 "--norm-stats", str(tmp_path / "stats.json"), "--set", "policy.replan_every=4"]) == 0
+    assert "release parity on: sampler.integer_timesteps=true, policy.center_crop=0.95" in capsys.readouterr().out
+    _, config, _ = load_checkpoint(tmp_path / "ckpt")
+    assert config.sampler.integer_timesteps and config.policy.center_crop == 0.95 and config.policy.replan_every == 4
+    policy = XWAMPolicy.from_checkpoint(tmp_path / "ckpt")
+    assert policy.processor.center_crop == 0.95 and policy.chunker.replan_every == 4
+    assert policy.describe() == "4 action steps, re-plan every 4 of 4 actions, integer timesteps, centre crop 0.95"
+    assert policy.metadata["replan_every"] == 4 and policy.metadata["integer_timesteps"]

@@ -63,3 +63,31 @@ def test_bad_prefixes_are_refused(processor, bad):
     prefixes = [None] if bad == "count" else [prefix, None]
     with pytest.raises(ValueError, match="action_prefix|action prefixes"):
         processor.conditioning(images, states, prompts, prefixes)
+
+
+def test_center_crop_takes_the_releases_evaluation_window():
+    """0.95 per side of 256 x 320: rows 6..248 and columns 8..311, resized back (bilinear, no antialias)."""
+    from xwam.processor import center_crop_resized
+
+    rows = torch.arange(256.0)[:, None].expand(256, 320)
+    cols = torch.arange(320.0)[None, :].expand(256, 320)
+    frames = torch.stack([rows, cols, rows + cols])[None] / 1000
+    out = center_crop_resized(frames, 0.95)
+    expected = torch.nn.functional.interpolate(frames[..., 6:249, 8:312], size=(256, 320), mode="bilinear",
+                                               align_corners=False)
+    assert out.shape == frames.shape and torch.equal(out, expected)
+    assert center_crop_resized(frames, 1.0) is frames
+
+
+def test_the_policy_conditioning_encodes_the_cropped_frame(processor):
+    from xwam.codecs import uint8_to_unit
+    from xwam.processor import center_crop_resized
+
+    cfg = processor.cfg
+    images, states, prompts, _ = observations(cfg, 1)
+    cropping = XWAMProcessor(cfg, processor.codec, processor.text_encoder, processor.norm_stats, center_crop=0.75)
+    cond = cropping.conditioning(images, states, prompts)
+    frames = uint8_to_unit(torch.as_tensor(images)).permute(0, 1, 4, 2, 3).flatten(0, 1)
+    expected = processor.codec.encode_current_frame(center_crop_resized(frames, 0.75).unsqueeze(2))
+    torch.testing.assert_close(cond.video0, expected.unflatten(0, (1, cfg.num_views)))
+    assert not torch.allclose(cond.video0, processor.conditioning(images, states, prompts).video0)

@@ -182,6 +182,9 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     # synchronous baseline: actions follow the video grid (for ablations and benchmarks)
     synchronous: bool = False
+    # the X-WAM release feeds the model int(1000 sigma) (its scheduler's integer timesteps), not the
+    # float; on for release checkpoints (`xwam convert release:`), off for models trained here
+    integer_timesteps: bool = False
 
     def __post_init__(self) -> None:
         if self.video_steps < 1 or self.action_steps < 1:
@@ -206,6 +209,27 @@ class SamplerConfig:
 
 # old sampler field names -> current ones, still read from checkpoints' config.json and --set
 SAMPLER_RENAMED = {"cfg_scale": "guidance_scale"}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How a policy prepares observations and executes chunks, beyond the model and the sampler."""
+
+    # centre crop keeping this share of height and width, resized back, before encoding the current
+    # frame (1: none). The X-WAM release trains on random 0.95 crops and evaluates on the centre one.
+    center_crop: float = 1.0
+    # actions executed from each chunk before re-planning (None: half the chunk); the release: 32
+    replan_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.center_crop <= 1.0:
+            raise ValueError(f"policy.center_crop must lie in (0, 1], got {self.center_crop}")
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ValueError(f"policy.replan_every must be >= 1 (or null), got {self.replan_every}")
+
+
+# what a release checkpoint needs to act as the release does (`xwam convert release:` stores it)
+RELEASE_PARITY = ["sampler.integer_timesteps=true", "policy.center_crop=0.95", "policy.replan_every=32"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +264,7 @@ class XWAMConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     preset: str = "custom"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,6 +282,7 @@ class XWAMConfig:
             sampler=SamplerConfig.from_dict(data.get("sampler", {})),
             diffusion=_build(DiffusionConfig, data.get("diffusion", {})),
             preset=data.get("preset", "custom"),
+            policy=_build(PolicyConfig, data.get("policy", {})),
         )
 
     @classmethod
@@ -273,7 +299,7 @@ class XWAMConfig:
             section, name = key.split(".", 1)
             if section == "sampler":
                 name = SAMPLER_RENAMED.get(name, name)
-            if section not in ("model", "sampler", "diffusion"):
+            if section not in ("model", "sampler", "diffusion", "policy"):
                 raise ValueError(f"unknown config section {section!r} in {item!r}")
             valid = {f.name for f in fields(type(getattr(self, section)))}
             if name not in valid:

@@ -109,7 +109,7 @@ class XWAMPolicy:
         self.camera_names = mcfg.view_names
         self.image_shape = (mcfg.image_height, mcfg.image_width, 3)
         self.chunker = ActionChunker(lambda obs, prefix: self.infer(obs, action_prefix=prefix)["actions"],
-                                     mcfg.action_horizon, replan_every, rtc_delay)
+                                     mcfg.action_horizon, replan_every or config.policy.replan_every, rtc_delay)
         self.default_prompt = default_prompt
         self.seed = seed
         self.generator = torch.Generator(device=processor.device).manual_seed(seed)
@@ -136,7 +136,8 @@ class XWAMPolicy:
             config = dataclasses.replace(config, sampler=sampler)
         processor = XWAMProcessor.build(config.model, NormStats.from_dict(stats), vae_path=vae_path,
                                         text_path=text_path, device=device, codec_state=load_codec_state(path),
-                                        text_cache_entries=text_cache_entries)
+                                        text_cache_entries=text_cache_entries,
+                                        center_crop=config.policy.center_crop)
         return cls(model, config, processor, **kwargs)
 
     def with_sampler(self, **changes: Any) -> XWAMPolicy:
@@ -165,7 +166,21 @@ class XWAMPolicy:
             "action_dim": m.action_dim,
             "action_names": list(stats.action_names) if stats else [],
             "action_steps": self.config.sampler.action_steps,
+            # what a client executing chunks should know: how many actions before asking again
+            "replan_every": self.chunker.replan_every,
+            "integer_timesteps": self.config.sampler.integer_timesteps,
+            "center_crop": self.config.policy.center_crop,
         }
+
+    def describe(self) -> str:
+        """One line on how this policy acts (stated by `xwam serve` and `xwam eval`)."""
+        parts = [f"{self.config.sampler.action_steps} action steps", f"re-plan every {self.chunker.replan_every} "
+                 f"of {self.config.model.action_horizon} actions"]
+        if self.config.sampler.integer_timesteps:
+            parts.append("integer timesteps")
+        if self.config.policy.center_crop < 1.0:
+            parts.append(f"centre crop {self.config.policy.center_crop:g}")
+        return ", ".join(parts)
 
     def _images(self, obs: dict[str, Any]) -> list[Any]:
         nested = obs.get("images") if isinstance(obs.get("images"), dict) else {}

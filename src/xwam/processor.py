@@ -42,7 +42,13 @@ class XWAMProcessor:
         norm_stats: NormStats | None = None,
         device: torch.device | str = "cpu",
         depth_codec: LatentCodec | None = None,
+        center_crop: float = 1.0,
     ) -> None:
+        """``center_crop``: share of height and width of the centre window the policy's current frames
+        are cropped to (then resized back) before encoding; ``PolicyConfig.center_crop``."""
+        if not 0.0 < center_crop <= 1.0:
+            raise ValueError(f"center_crop must lie in (0, 1], got {center_crop}")
+        self.center_crop = float(center_crop)
         self.cfg = cfg
         self.codec = codec
         self.depth_codec = depth_codec if depth_codec is not None else codec
@@ -63,6 +69,7 @@ class XWAMProcessor:
         text_cache_dir: str | None = None,
         codec_state: dict[str, torch.Tensor] | None = None,
         text_cache_entries: int | None = None,
+        center_crop: float = 1.0,
     ) -> XWAMProcessor:
         """``codec_state``: the fitted codec (``codec_state()`` of the processor that trained the model;
         checkpoints store it as codec.safetensors); needed by fitted codecs (``pca``) only."""
@@ -75,7 +82,7 @@ class XWAMProcessor:
         depth_codec = build_codec(cfg, fitted=depth_state) if depth_state is not None else None
         text = build_text_encoder(cfg, path=text_path, device=device, cache_dir=text_cache_dir,
                                   cache_entries=text_cache_entries)
-        return cls(cfg, codec, text, norm_stats, device, depth_codec=depth_codec)
+        return cls(cfg, codec, text, norm_stats, device, depth_codec=depth_codec, center_crop=center_crop)
 
     @staticmethod
     def fit_codec_state(cfg: ModelConfig, images: torch.Tensor, depth: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -123,11 +130,12 @@ class XWAMProcessor:
 
     @torch.no_grad()
     def encode_current_frame(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, H, W, 3) uint8 current frames -> (B, V, C, 1, h, w) latents (frame 0 alone)."""
+        """(B, V, H, W, 3) uint8 current frames -> (B, V, C, 1, h, w) latents (frame 0 alone), after
+        the processor's centre crop."""
         batch, views = images.shape[:2]
-        frames = uint8_to_unit(images.to(self.device))
-        frames = frames.permute(0, 1, 4, 2, 3).flatten(0, 1).unsqueeze(2)  # (B*V, 3, 1, H, W)
-        return self.codec.encode_current_frame(frames).unflatten(0, (batch, views))
+        frames = uint8_to_unit(images.to(self.device)).permute(0, 1, 4, 2, 3).flatten(0, 1)  # (B*V, 3, H, W)
+        frames = center_crop_resized(frames, self.center_crop)
+        return self.codec.encode_current_frame(frames.unsqueeze(2)).unflatten(0, (batch, views))
 
     @torch.no_grad()
     def encode_depth(self, depth: torch.Tensor) -> torch.Tensor:
@@ -253,6 +261,19 @@ def check_action_prefix(prefix: Any, cfg: ModelConfig) -> np.ndarray:
         raise ValueError(f"action_prefix must be a finite (d <= {cfg.action_horizon}, {cfg.action_dim}) array, "
                          f"got shape {array.shape}, dtype {array.dtype}")
     return array.astype(np.float32)
+
+
+def center_crop_resized(frames: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(N, C, H, W) float frames: the centre int(H r) x int(W r) window resized back to H x W (bilinear,
+    no antialias), as the X-WAM release evaluates (r = 0.95: rows 6.., columns 8.. of 256 x 320)."""
+    if ratio >= 1.0:
+        return frames
+    height, width = frames.shape[-2:]
+    crop_h, crop_w = int(height * ratio), int(width * ratio)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    window = frames[..., top : top + crop_h, left : left + crop_w]
+    return torch.nn.functional.interpolate(window, size=(height, width), mode="bilinear", align_corners=False,
+                                           antialias=False)
 
 
 def finite_as_float32(values: np.ndarray) -> bool:

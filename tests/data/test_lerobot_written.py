@@ -149,7 +149,7 @@ def test_mixed_resolution_intrinsics_scaled_per_camera() -> None:
     assert sample["images"].shape == (2, 2, 3, 16, 16) and sample["depth"].shape == (2, 2, 16, 16)
     K = sample["intrinsics"]
     # front 48x64 -> 16x16: fx * 16/64, fy * 16/48; wrist 32x32 -> 16x16: both * 1/2
-    torch.testing.assert_close(K[0, 0, 0, 0], torch.tensor(50.0 / 4)) 
+    torch.testing.assert_close(K[0, 0, 0, 0], torch.tensor(50.0 / 4))
     torch.testing.assert_close(K[0, 0, 1, 1], torch.tensor(50.0 / 3))
     torch.testing.assert_close(K[1, 0, 0, 0], torch.tensor(25.0))
     torch.testing.assert_close(K[1, 0, 1, 1], torch.tensor(25.0))
@@ -279,6 +279,31 @@ def test_bad_tasks_parquet_is_one_clear_line(tmp_path: Path, capsys: pytest.Capt
     assert main(["dataset", "info", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tasks.parquet" in err
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture, *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+
+
+def test_bad_columns_and_metadata_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _copy("mixed_resolution", tmp_path)
+    data = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(data)
+    i = table.column_names.index("action")
+    pq.write_table(table.set_column(i, "action", pa.array(["x"] * table.num_rows)), data)
+    _one_line_error(["dataset", "stats", str(root)], capsys, "file-000.parquet", "'action'")
+
+    root = _copy("image_camera", tmp_path)
+    meta = root / "meta/episodes/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(meta).drop_columns(["length"]), meta)
+    _one_line_error(["dataset", "info", str(root)], capsys, "meta/episodes", "'length'")
+
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"] = ["observation.state"]
+    (root / "meta/info.json").write_text(json.dumps(info))
+    _one_line_error(["dataset", "info", str(root)], capsys, "meta/info.json", "features")
 
 
 # ---- 7. a short `xwam train` on an RGB-only dataset lerobot wrote ----------------------------

@@ -146,3 +146,19 @@ def test_each_sample_keeps_its_own_action_prefix_length(model):
     torch.testing.assert_close(mixed[0], run("all")[0])
     with pytest.raises(ValueError, match="action_prefix_len"):
         run([3, 0, 0])
+
+
+def test_integer_timesteps_give_the_release_schedule(model):
+    """The X-WAM release feeds int(1000 sigma): 999, 978, ... for its 10 action steps and 999, 995, ...
+    for its 50 video steps; the solver itself keeps the float sigmas."""
+    calls = {}
+    for integer in (False, True):
+        counting = CountingModel(model)
+        cfg = SamplerConfig(video_steps=50, action_steps=10, integer_timesteps=integer)
+        AsyncSampler(counting, cfg).sample(conditioning(model), mode="policy", generator=torch.Generator().manual_seed(0))
+        calls[integer] = counting.calls
+    video = [round(t * 1000, 3) for t, _, _ in calls[True]]
+    action = [round(a * 1000, 3) for _, a, _ in calls[True]]
+    assert action == [999, 978, 952, 920, 882, 833, 768, 681, 555, 356]
+    assert video[:10] == [999, 995, 991, 987, 982, 978, 973, 968, 963, 957]
+    assert any(abs(t * 1000 - round(t * 1000)) > 1e-3 for t, _, _ in calls[False])  # floats by default

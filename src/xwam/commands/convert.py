@@ -32,14 +32,15 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from xwam.config import get_preset
+    from xwam.config import RELEASE_PARITY, get_preset
     from xwam.model.checkpoint import load_checkpoint, save_checkpoint
     from xwam.model.loading import build_from_wan, load_release_checkpoint
 
     kind, sep, path = args.source.partition(":")
     if not sep or kind not in ("release", "wan", "xwam"):
         raise ValueError(f"source must be release:PATH, wan:PATH or xwam:PATH, got {args.source!r}")
-    config = get_preset(args.preset).override(args.set)
+    # a release checkpoint acts as the release does unless told otherwise (later --set wins)
+    config = get_preset(args.preset).override((RELEASE_PARITY if kind == "release" else []) + args.set)
     stats = None
     torch.manual_seed(args.seed)
     if kind == "release":
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                           metadata={"converted_from": args.source})
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n / 1e6:.1f} M parameters, preset {config.preset})")
+    if kind == "release":
+        print(f"release parity on: {', '.join(RELEASE_PARITY)} (override with --set)")
     if stats is None:
         print("note: no normalisation statistics stored; pass --norm-stats before serving this checkpoint")
     return 0

@@ -111,14 +111,19 @@ def eval_policy(
                 obs = {**obs, "action_prefix": prefix}
             return client.infer(obs)["actions"]
 
-    print(f"evaluating on {list(tasks)}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}")
+    acting = [f"re-plan every {replan_every or meta.get('replan_every') or meta['action_horizon'] // 2} of "
+              f"{meta['action_horizon']} actions"]
+    acting += ["integer timesteps"] if meta.get("integer_timesteps") else []
+    acting += [f"centre crop {meta['center_crop']:g}"] if meta.get("center_crop", 1.0) < 1.0 else []
+    print(f"evaluating on {list(tasks)}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}; "
+          + ", ".join(acting))
     results = []
     out = Path(out)
     for task in tasks:
         res = evaluate(
             infer, task=task, seeds=seeds, camera_names=meta["camera_names"],
             image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
-            replan_every=replan_every, rtc_delay=rtc_delay, max_steps=max_steps,
+            replan_every=replan_every or meta.get("replan_every"), rtc_delay=rtc_delay, max_steps=max_steps,
             out_dir=out / task, videos=videos,
         )
         results.append(res)

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         text_cache_entries=args.text_cache,
         max_prompt_chars=args.max_prompt_chars,
     )
+    log.info("policy: %s", policy.describe())
     server = PolicyServer(
         policy,
         host=args.host,

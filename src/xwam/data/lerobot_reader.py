@@ -131,6 +131,8 @@ def load_info(root: Path) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise DatasetError(
@@ -139,6 +141,13 @@ def load_info(root: Path) -> dict[str, Any]:
     for key in ("fps", "features", "total_episodes"):
         if key not in info:
             raise DatasetError(f"{path}: field {key!r} is missing")
+    features = info["features"]
+    if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
+        raise DatasetError(f"{path}: 'features' must map each feature name to an object")
+    try:
+        float(info["fps"]), int(info["total_episodes"])
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: 'fps' / 'total_episodes' are not numbers: {exc}") from exc
     return info
 
 
@@ -253,6 +262,10 @@ class LeRobotV3Dataset:
                 idx = row.get("episode_index")
                 if idx is None:
                     raise DatasetError(f"{path}: rows without 'episode_index'")
+                if "length" not in row or "data/chunk_index" not in row or "data/file_index" not in row:
+                    raise DatasetError(
+                        f"{path}: episode {idx} lacks 'length' or 'data/chunk_index' / 'data/file_index'"
+                    )
                 if int(idx) < total:  # rows at or past total_episodes are uncommitted leftovers
                     row["_meta_file"] = str(path)
                     rows[int(idx)] = row
@@ -358,6 +371,10 @@ class LeRobotV3Dataset:
                 sub = sub.take(pa.array(order))
         return sub
 
+    def episode_where(self, i: int) -> str:
+        """Where episode ``i``'s frame rows live, for error messages: "PATH (episode i)"."""
+        return f"{self._data_path(self._row(i))} (episode {i})"
+
     def episode_numeric(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(state (T, S) float32, action (T, A) float32) of episode ``i`` without decoding video."""
         table = self.episode_table(i)
@@ -366,17 +383,13 @@ class LeRobotV3Dataset:
 
     def _state_action(self, table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray]:
         T = table.num_rows
-        if self.state_key:
-            state = column_to_numpy(table, self.state_key, where).astype(np.float32).reshape(T, -1)
-        else:
-            state = np.zeros((T, 0), np.float32)
-        action = column_to_numpy(table, ACTION_KEY, where).astype(np.float32).reshape(T, -1)
-        return state, action
+        state = _vectors(table, self.state_key, where) if self.state_key else np.zeros((T, 0), np.float32)
+        return state, _vectors(table, ACTION_KEY, where)
 
     def _video_path(self, i: int, key: str) -> Path:
         row = self._row(i)
         prefix = f"videos/{key}/"
-        if row.get(prefix + "file_index") is None or row.get(prefix + "from_timestamp") is None:
+        if any(row.get(prefix + k) is None for k in ("chunk_index", "file_index", "from_timestamp")):
             raise DatasetError(f"{row['_meta_file']}: episode {i} has no video for {key!r} (camera missing)")
         template = self.info.get("video_path") or VIDEO_PATH
         return self.root / template.format(
@@ -452,16 +465,19 @@ class LeRobotV3Dataset:
                 codes = self._video(i, self.depth_keys[cam], "depth")
                 depth[cam] = self.depth_quantizer.decode(codes)
         intr = extr = None
-        if self.has_intrinsics:
-            intr = {
-                c: column_to_numpy(table, intrinsics_key(c), where).reshape(T, 3, 3)
-                for c in self.camera_names
-            }
-        if self.has_extrinsics:
-            extr = {
-                c: column_to_numpy(table, extrinsics_key(c), where).reshape(T, 4, 4)
-                for c in self.camera_names
-            }
+        try:
+            if self.has_intrinsics:
+                intr = {
+                    c: column_to_numpy(table, intrinsics_key(c), where).reshape(T, 3, 3)
+                    for c in self.camera_names
+                }
+            if self.has_extrinsics:
+                extr = {
+                    c: column_to_numpy(table, extrinsics_key(c), where).reshape(T, 4, 4)
+                    for c in self.camera_names
+                }
+        except ValueError as exc:  # not 9 / 16 numbers per frame
+            raise DatasetError(f"{where}: camera matrices are not 3x3 / 4x4 per frame: {exc}") from exc
         meta: dict[str, Any] = {"episode_index": i, "source": str(self.root), "depth_kind": "metric"}
         if row.get("xwam/meta"):
             try:
@@ -501,6 +517,15 @@ class LeRobotV3Dataset:
             f"LeRobotV3Dataset({str(self.root)!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
             f"fps={self.fps:g}, cameras={self.camera_names}, depth={self.has_depth})"
         )
+
+
+def _vectors(table: pa.Table, key: str, where: str) -> np.ndarray:
+    """A numeric column as (rows, dim) float32; ragged lists, nulls or text are a DatasetError."""
+    values = column_to_numpy(table, key, where)
+    try:
+        return values.astype(np.float32).reshape(table.num_rows, -1)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: column {key!r} is not a numeric vector per frame: {exc}") from exc
 
 
 def read_stats_json(path: Path) -> dict[str, Any]:

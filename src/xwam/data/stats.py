@@ -320,9 +320,14 @@ def compute_lerobot_stats(
     columns: dict[str, list[np.ndarray]] = {k: [] for k in numeric_keys}
     for i in range(dataset.num_episodes):
         table = dataset.episode_table(i)
+        where = dataset.episode_where(i) if hasattr(dataset, "episode_where") else f"episode {i}"
         for key in numeric_keys:
             if key in table.column_names:
-                columns[key].append(column_to_numpy(table, key, f"episode {i}").reshape(table.num_rows, -1))
+                values = column_to_numpy(table, key, where)
+                try:
+                    columns[key].append(values.astype(np.float64).reshape(table.num_rows, -1))
+                except (TypeError, ValueError) as exc:  # text, nulls or ragged lists
+                    raise DatasetError(f"{where}: column {key!r} is not numeric per frame: {exc}") from exc
     rng = np.random.default_rng(0)
     for key, parts in columns.items():
         if parts:

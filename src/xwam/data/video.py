@@ -249,7 +249,8 @@ def _check_depth_bits(frame: av.VideoFrame, bits: int, declared: str | None, whe
         raise DatasetError(
             f"depth video {where} decodes as {frame.format.name} ({found}-bit){claim} but the depth "
             f"quantiser expects {bits}-bit codes: the video was re-encoded by another tool; refusing to "
-            f"read it as depth (re-export the depth, or read RGB only)"
+            f"read it as depth (re-export the depth from the original dataset, or drop the depth features "
+            f"from meta/info.json to use RGB only)"
         )
 
 

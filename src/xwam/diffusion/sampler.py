@@ -25,7 +25,7 @@ from diffusers import UniPCMultistepScheduler
 
 from xwam.config import SamplerConfig
 from xwam.diffusion.flow import sigma_grid
-from xwam.model.transformer import XWAMTransformer
+from xwam.model.transformer import TIME_SCALE, XWAMTransformer
 
 
 class EulerSolver:
@@ -167,6 +167,8 @@ class AsyncSampler:
                 t_video, t_action = t_video.repeat(2), t_action.repeat(2)
                 call_prefix_len = None if prefix_len is None else prefix_len.repeat(2)
             extra = {} if call_prefix_len is None else {"action_prefix_len": call_prefix_len}
+            if cfg.integer_timesteps:  # the model sees int(1000 sigma) / 1000; the solver keeps the float
+                t_video, t_action = (torch.floor(t * TIME_SCALE) / TIME_SCALE for t in (t_video, t_action))
             out = model(
                 inputs[0].to(dtype), text.to(dtype), t_video, t_action, inputs[1].to(dtype), inputs[2].to(dtype),
                 depth=run_depth, **extra,
