@@ -1,5 +1,8 @@
 """The training loop: one CPU, one GPU, or many GPUs/nodes under ``torchrun`` (DDP or FSDP2).
 
+(About 580 lines: the ``Trainer``'s setup, step, checkpoint gathering, resume checks and loop share
+its state; everything separable lives in the sibling modules.)
+
 Determinism and exact resume
     Every optimizer step ``s`` draws its *global* batch (``batch_size x world_size x grad_accum``
     clips) from a generator seeded by ``(seed, s)``, and every clip position ``j`` in it gets its
