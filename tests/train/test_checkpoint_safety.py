@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -155,8 +156,6 @@ def _damage_step_6(run: Path, kind: str) -> None:
     elif kind == "missing weights":
         (ckpt / "model.safetensors").unlink()
     elif kind == "latest target gone":
-        import shutil
-
         shutil.rmtree(ckpt)
     else:
         raise AssertionError(kind)
@@ -171,7 +170,7 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_says_so(
     synthetic_dataset: Path, reference: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
-    train(tiny_train_config(synthetic_dataset, out, steps=STEPS, save_every=2, ema_decay=0.9))
+    shutil.copytree(reference.parent.parent, out, symlinks=True)  # the reference run's folder, then damaged
     _damage_step_6(out, kind)
     capsys.readouterr()
     final = train(tiny_train_config(synthetic_dataset, out, steps=STEPS, save_every=2, ema_decay=0.9, resume="latest"))

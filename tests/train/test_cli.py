@@ -58,8 +58,11 @@ def test_xwam_train_small_preset_on_lift(
     assert cfg.preset == "small" and cfg.sampler.video_steps == 4 and stats["state_names"]
     assert TrainConfig.from_json(out / "train_config.json").steps == 3
 
-    # resume without repeating the options: the run's own train_config.json is reused, --steps extends it
-    code = main(["train", "--out", str(out), "--resume", "--steps", "4", "--no-progress"])
+    # resume without repeating the options: the run's own train_config.json is reused; a longer --steps
+    # needs --extend (the schedule is fixed by the first run)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--no-progress"]) == 2
+    assert "scheduled for 3 steps" in capsys.readouterr().err
+    code = main(["train", "--out", str(out), "--resume", "--steps", "4", "--extend", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
 
