@@ -122,7 +122,10 @@ def loss_masks(inputs: TrainingInputs, noise: SampleNoise) -> tuple[torch.Tensor
 
 def loss_counts(inputs: TrainingInputs, noise: SampleNoise) -> torch.Tensor:
     """The denominators of :func:`loss_sums` (float64, ``LOSS_NAMES`` order), without running the model."""
-    action_mask, state_mask = loss_masks(inputs, noise)
+    return _counts(inputs, *loss_masks(inputs, noise))
+
+
+def _counts(inputs: TrainingInputs, action_mask: torch.Tensor, state_mask: torch.Tensor) -> torch.Tensor:
     video = inputs.video[:, :, :, 1:].numel()
     depth = inputs.depth.numel() if inputs.depth is not None else 0
     return torch.tensor([float(video), float(action_mask.sum()), float(state_mask.sum()), float(depth)],
@@ -163,7 +166,7 @@ def loss_sums(model: nn.Module, inputs: TrainingInputs, noise: SampleNoise) -> t
         (((out.states.float() - velocity_target(states, noise.e_states)) ** 2) * state_mask).sum(),
         ((out.depth.float() - inputs.depth.float()) ** 2).sum() if inputs.depth is not None else video.new_zeros(()),
     ]
-    return torch.stack(sums), loss_counts(inputs, noise)
+    return torch.stack(sums), _counts(inputs, action_mask, state_mask)  # the masks above, not rebuilt
 
 
 def weighted_loss(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
