@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +94,87 @@ def test_the_policy_conditioning_encodes_the_cropped_frame(processor):
     expected = processor.codec.encode_current_frame(center_crop_resized(frames, 0.75).unsqueeze(2))
     torch.testing.assert_close(cond.video0, expected.unflatten(0, (1, cfg.num_views)))
     assert not torch.allclose(cond.video0, processor.conditioning(images, states, prompts).video0)
+
+
+# ---- depth kinds: metres through inverse depth, release depth (codec units) as it is ------------------
+RELEASE_FIXTURE = Path(__file__).parent / "data" / "fixtures" / "release-format" / "robocasa"
+
+
+@pytest.fixture(scope="module")
+def release_clips():
+    """Clips of the release-format fixture (depth in codec units) for a tiny 3-view model."""
+    from xwam.data.clips import ClipConfig, ClipDataset
+    from xwam.data.release import ReleaseDataset, norm_stats_from_release
+
+    expected = json.loads((RELEASE_FIXTURE / "expected.json").read_text())
+    norm = norm_stats_from_release(expected["statistics"], raw_gripper=True)
+    cfg = get_preset("tiny").override(["model.num_views=3", "model.state_dim=16", "model.action_dim=14",
+                                       "model.num_frames=3", "model.frame_skip=4", "model.action_horizon=8"]).model
+    clips = ClipDataset(ReleaseDataset(RELEASE_FIXTURE), ClipConfig.from_model(cfg), norm_stats=norm)
+    return cfg, norm, clips
+
+
+def test_release_depth_is_encoded_as_it_is(release_clips):
+    cfg, norm, clips = release_clips
+    proc = XWAMProcessor.build(cfg, norm)
+    sample = clips[0]
+    depth = sample["depth"][None]  # (1, V, F, H, W) in [-1, 1]
+    assert sample["depth_kind"] == "codec_unit" and depth.min() == -1.0 and depth.max() <= 1.0
+    latents = proc.encode_depth(depth, "codec_unit")
+    frames = depth.unsqueeze(2).expand(-1, -1, 3, -1, -1, -1).flatten(0, 1)  # (V, 3, F, H, W) channel-replicated
+    torch.testing.assert_close(latents, proc.depth_codec.encode(frames).unflatten(0, (1, 3)), rtol=0, atol=0)
+    # a collated batch carries the kind per clip, and training_inputs uses it
+    batch = torch.utils.data.default_collate([clips[0], clips[1]])
+    assert batch["depth_kind"] == ["codec_unit", "codec_unit"]
+    inputs = proc.training_inputs(batch)
+    torch.testing.assert_close(inputs.depth[:1], latents, rtol=0, atol=0)
+    # decoded back in its own kind (no metres exist for release depth)
+    torch.testing.assert_close(proc.decode_depth(latents, "codec_unit"), depth, rtol=0, atol=1e-6)
+
+
+def test_metric_depth_still_goes_through_inverse_depth(processor):
+    from xwam.codecs.depth import InverseDepthEncoding
+
+    cfg = processor.cfg
+    depth = 0.3 + torch.rand(2, cfg.num_views, cfg.num_frames, cfg.image_height, cfg.image_width,
+                             generator=torch.Generator().manual_seed(0))
+    frames = InverseDepthEncoding(cfg.depth_near, cfg.depth_far).depth_to_frames(depth)
+    want = processor.depth_codec.encode(frames.flatten(0, 1)).unflatten(0, (2, cfg.num_views))
+    torch.testing.assert_close(processor.encode_depth(depth, "metric"), want, rtol=0, atol=0)
+    torch.testing.assert_close(processor.encode_depth(depth, ["metric", "metric"]), want, rtol=0, atol=0)
+    # a batch mixing kinds encodes each clip by its own kind
+    unit = frames[:, :, 0]  # the same depth, already in codec units
+    mixed = processor.encode_depth(torch.stack([depth[0], unit[1]]), ["metric", "codec_unit"])
+    torch.testing.assert_close(mixed, want, rtol=0, atol=1e-6)
+
+
+def test_depth_of_a_missing_or_unknown_kind_is_refused(processor, release_clips):
+    cfg = processor.cfg
+    depth = torch.ones(1, cfg.num_views, cfg.num_frames, cfg.image_height, cfg.image_width)
+    with pytest.raises(ValueError, match="depth kind is missing"):
+        processor.encode_depth(depth, None)
+    with pytest.raises(ValueError, match="unknown depth kind 'inverse_relative'"):
+        processor.encode_depth(depth, "inverse_relative")
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\].*labelled 'metric'"):
+        processor.encode_depth(depth * 1.5, "codec_unit")  # metres labelled as units
+    _, _, clips = release_clips
+    batch = torch.utils.data.default_collate([clips[0]])
+    del batch["depth_kind"]
+    rcfg, norm, _ = release_clips
+    with pytest.raises(ValueError, match="no depth_kind"):
+        XWAMProcessor.build(rcfg, norm).training_inputs(batch)
+
+
+def test_fitting_a_codec_on_depth_needs_its_kind(release_clips):
+    cfg, _, clips = release_clips
+    cfg = get_preset("tiny").override(["model.codec=pca", "model.latent_channels=6", "model.num_views=3",
+                                       "model.num_frames=3", "model.frame_skip=4"]).model
+    samples = [clips[0], clips[3]]
+    images = torch.stack([s["images"] for s in samples])
+    depth = torch.stack([s["depth"] for s in samples])
+    with pytest.raises(ValueError, match="depth kind is missing"):
+        XWAMProcessor.fit_codec_state(cfg, images, depth)
+    state = XWAMProcessor.fit_codec_state(cfg, images, depth, [s["depth_kind"] for s in samples])
+    proc = XWAMProcessor.build(cfg, codec_state=state)
+    back = proc.decode_depth(proc.encode_depth(depth, "codec_unit"), "codec_unit")
+    assert back.shape == depth.shape and float((back - depth).abs().mean()) < 0.1

@@ -63,6 +63,10 @@ class ModelConfig:
     # metric range of the inverse-depth encoding fed to the codec (xwam.codecs.depth)
     depth_near: float = 0.05
     depth_far: float = 5.0
+    # what the depth branch predicts (xwam.codecs.depth): "metric" (inverse depth over [near, far], so
+    # metres and point clouds) or "codec_unit" (the release's relative 8-bit code: no metric scale).
+    # Set by the trainer from the data.
+    depth_kind: Literal["metric", "codec_unit"] = "metric"
     # text conditioning
     text_encoder: TextEncoderName = "umt5"
     text_dim: int = 4096
@@ -160,6 +164,8 @@ class ModelConfig:
             )
         if self.codec == "pca" and self.temporal_compression != 1:
             problems.append("the pca codec has temporal_compression 1 (set model.temporal_compression=1)")
+        if self.depth_kind not in ("metric", "codec_unit"):
+            problems.append(f"depth_kind={self.depth_kind!r} must be 'metric' or 'codec_unit'")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 

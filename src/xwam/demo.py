@@ -36,6 +36,10 @@ class DemoConfig:
     preset: str = "small"
     overrides: list[str] = field(default_factory=list)
     episodes: int = 60  # training demonstrations
+    # recovery demonstrations: correlated noise on the executed arm position, the expert's clean
+    # command recorded (DART; see xwam.sim.rollout); 0 records the expert's straight path only
+    perturb: float = 0.0
+    workers: int = field(default_factory=lambda: default_workers())  # simulator/eval processes
     heldout_episodes: int = 6  # for eval-4d and the vision check
     baseline_episode: int = 0  # the training demonstration blind replay executes
     eval_episodes: int = 50
@@ -64,6 +68,13 @@ class DemoConfig:
                                "model.head_dim=32", "model.ffn_dim=128"])
         base.update(changes)
         return cls(**base)
+
+
+def default_workers() -> int:
+    """Processes for collection and evaluation: one per core, at most 4 (each also renders)."""
+    import os
+
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 class Stage:
@@ -116,15 +127,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     else:
         s.announce(f"{cfg.episodes} {cfg.task} demonstrations + {cfg.heldout_episodes} held-out, "
                    f"{m.image_height}x{m.image_width}, 3 RGB-D cameras",
-                   # measured: ~3.6 s per Lift episode at 64x64, ~6.4 s at 128x128
-                   estimate_s=3.6 * (cfg.episodes + cfg.heldout_episodes) * (m.image_height * m.image_width / 4096) ** 0.5)
+                   # measured: ~3.6 s per Lift episode at 64x64, ~6.4 s at 128x128, in one process
+                   estimate_s=3.6 * (cfg.episodes + cfg.heldout_episodes) * (m.image_height * m.image_width / 4096) ** 0.5
+                   / cfg.workers)
         from xwam.commands.collect import collect
 
-        for what, episodes, folder, first_seed in (("collect", cfg.episodes, "data", cfg.seed),
-                                                   ("collect held-out", cfg.heldout_episodes, "heldout", 100_000 + cfg.seed)):
+        # held-out episodes are recorded like the evaluation: the expert's own path, no perturbation
+        for what, episodes, folder, first_seed, perturb in (
+                ("collect", cfg.episodes, "data", cfg.seed, cfg.perturb),
+                ("collect held-out", cfg.heldout_episodes, "heldout", 100_000 + cfg.seed, 0.0)):
             stored = collect(cfg.task, episodes, root / folder, height=m.image_height, width=m.image_width,
                              first_seed=first_seed, cameras=list(cams) if cams else None,
-                             max_steps=60 if cfg.quick else None)
+                             max_steps=60 if cfg.quick else None, perturb=perturb, workers=cfg.workers)
             if stored < episodes:
                 raise RuntimeError(f"the {what} stage stored {stored} of {episodes} episodes (the expert failed too "
                                    "often); re-run the demo to resume")
@@ -165,12 +179,12 @@ def run_demo(cfg: DemoConfig) -> Path:
         s.announce("already done, skipped")
     else:
         s.announce(f"{cfg.eval_episodes} closed-loop episodes on held-out seeds {cfg.eval_seed}..",
-                   estimate_s=8.0 * cfg.eval_episodes)
+                   estimate_s=8.0 * cfg.eval_episodes / cfg.workers)
         from xwam.commands.eval import eval_policy
 
         eval_policy(checkpoint, tasks=[cfg.task], episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                     max_steps=cfg.eval_max_steps or None, replan_every=cfg.replan_every or None,
-                    videos=cfg.videos, out=root / "eval")
+                    videos=cfg.videos, out=root / "eval", workers=cfg.workers)
         s.finish({"seconds": time.time() - t0})
     timings["eval"] = s.summary().get("seconds", 0.0)
 

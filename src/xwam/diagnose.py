@@ -132,7 +132,8 @@ def vision_check(
         raise ValueError(f"{checkpoint}: the normalisation statistics mark no action dimension valid")
     dataset = open_dataset(data)
     chosen = select_episodes(episodes, dataset.num_episodes)
-    lengths = {e: dataset.episode_length(e) for e in chosen}
+    # frames with a recorded action (release-format delta-mode episodes have none on their last frame)
+    lengths = {e: dataset.episode_length(e) - getattr(dataset, "final_frames_without_action", 0) for e in chosen}
     usable = [e for e in chosen if lengths[e] >= horizon]
     skipped = [e for e in chosen if lengths[e] < horizon]
     if len(usable) < 2:

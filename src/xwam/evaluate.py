@@ -140,6 +140,47 @@ class TimedPolicy:
         return out
 
 
+class EpisodeRunner:
+    """One simulator and one chunk source that run evaluation episodes (here or in a worker process).
+
+    ``reseed(seed)``, when given, is called at the start of every episode: a stochastic source (the
+    diffusion policy's noise) then depends on the episode's seed only, so an episode's outcome does
+    not depend on which episodes ran before it, or in which process.
+    """
+
+    def __init__(self, infer: Callable[[dict[str, Any], np.ndarray | None], np.ndarray], *, task: str,
+                 camera_names: Sequence[str], image_size: tuple[int, int], action_horizon: int,
+                 replan_every: int | None = None, rtc_delay: int = 0, max_steps: int | None = None,
+                 env_kwargs: dict[str, Any] | None = None, reseed: Callable[[int], None] | None = None) -> None:
+        from xwam.policy import ActionChunker
+        from xwam.sim.envs import make_env
+
+        self.timed = TimedPolicy(infer)
+        self.chunker = ActionChunker(self.timed, action_horizon, replan_every, rtc_delay)
+        self.camera_names = list(camera_names)
+        self.env = make_env(task, cameras=self.camera_names, height=image_size[0], width=image_size[1],
+                            **(env_kwargs or {}))
+        self.max_steps = max_steps or self.env.horizon
+        self.reseed = reseed
+        self.task = task
+        self.description = ""  # how the source acts, when it can say (see XWAMPolicy.describe)
+
+    def run(self, seed: int, video_path: Path | None = None) -> EpisodeResult:
+        """One episode; with ``video_path`` (a folder) its rollout MP4 is written there."""
+        if self.reseed is not None:
+            self.reseed(int(seed))
+        record = video_path is not None and bool(self.camera_names)
+        ep, frames = run_episode(self.env, self.chunker.select_action, self.chunker.reset, int(seed),
+                                 self.max_steps, self.camera_names, self.timed.pop, record=record)
+        if record and frames:
+            tag = "success" if ep.success else "failure"
+            write_mp4(video_path / f"{self.task}_seed{seed}_{tag}.mp4", frames, self.env.control_freq)
+        return ep
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def evaluate(
     infer: Callable[[dict[str, Any], np.ndarray | None], np.ndarray],
     *,
@@ -157,43 +198,154 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     policy_label: str | None = None,
     results_extra: dict[str, Any] | None = None,
+    reseed: Callable[[int], None] | None = None,
 ) -> TaskResult:
     """Run ``len(seeds)`` closed-loop episodes of ``task`` with a chunk source ``infer``.
 
     ``camera_names`` may be empty for a source that needs no images: nothing is rendered then (and no
     videos are written). ``policy_label`` names what was evaluated in the results; ``results_extra``
-    is added to results.json."""
-    from xwam.policy import ActionChunker
-    from xwam.sim.envs import make_env
-
-    timed = TimedPolicy(infer)
-    chunker = ActionChunker(timed, action_horizon, replan_every, rtc_delay)
-    env = make_env(task, cameras=list(camera_names), height=image_size[0], width=image_size[1], **(env_kwargs or {}))
-    max_steps = max_steps or env.horizon
-    out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        if videos and camera_names:
-            (out / "videos").mkdir(exist_ok=True)
+    is added to results.json; ``reseed`` see :class:`EpisodeRunner`."""
+    runner = EpisodeRunner(infer, task=task, camera_names=camera_names, image_size=image_size,
+                           action_horizon=action_horizon, replan_every=replan_every, rtc_delay=rtc_delay,
+                           max_steps=max_steps, env_kwargs=env_kwargs, reseed=reseed)
+    out = _prepare_out(out_dir, videos and camera_names)
     result = TaskResult(task, policy=policy_label)
     bar = tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
     start = time.perf_counter()
     try:
         for i, seed in enumerate(bar):
-            record = out is not None and i < videos and bool(camera_names)
-            ep, frames = run_episode(env, chunker.select_action, chunker.reset, int(seed), max_steps,
-                                     camera_names, timed.pop, record=record)
-            result.episodes.append(ep)
-            bar.set_postfix(success=f"{result.success_rate:.0%}", chunk_ms=f"{ep.mean_chunk_ms:.0f}")
-            if record and frames:
-                tag = "success" if ep.success else "failure"
-                write_mp4(out / "videos" / f"{task}_seed{seed}_{tag}.mp4", frames, env.control_freq)
+            video = out / "videos" if out is not None and i < videos and camera_names else None
+            result.episodes.append(runner.run(int(seed), video))
+            bar.set_postfix(success=f"{result.success_rate:.0%}", chunk_ms=f"{result.episodes[-1].mean_chunk_ms:.0f}")
     finally:
-        env.close()
+        runner.close()
     if out:
-        write_results(out, [result], extra={"max_steps": max_steps,
+        write_results(out, [result], extra={"max_steps": runner.max_steps,
                                             "wall_seconds": round(time.perf_counter() - start, 2),
                                             **(results_extra or {})})
+    return result
+
+
+def _prepare_out(out_dir: str | Path | None, with_videos: Any) -> Path | None:
+    if not out_dir:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if with_videos:
+        (out / "videos").mkdir(exist_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint, evaluated in one or several processes
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointEval:
+    """How to act with a checkpoint in closed loop; picklable, so worker processes can rebuild it."""
+
+    checkpoint: str
+    task: str
+    max_steps: int | None = None
+    replan_every: int | None = None
+    rtc_delay: int = 0
+    device: str = "cpu"
+    action_steps: int | None = None
+
+    def runner(self) -> EpisodeRunner:
+        from xwam.policy import XWAMPolicy
+
+        policy = XWAMPolicy.from_checkpoint(self.checkpoint, device=self.device)
+        if self.action_steps:
+            policy = policy.with_sampler(action_steps=self.action_steps)
+        if self.replan_every:
+            policy = policy.with_replanning(self.replan_every)
+        meta = policy.metadata
+        runner = EpisodeRunner(lambda obs, prefix: policy.infer(obs, action_prefix=prefix)["actions"],
+                               task=self.task, camera_names=meta["camera_names"],
+                               image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
+                               replan_every=meta["replan_every"], rtc_delay=self.rtc_delay,
+                               max_steps=self.max_steps, reseed=policy.generator.manual_seed)
+        runner.description = policy.describe() + (f", real-time chunking delay {self.rtc_delay}" if self.rtc_delay else "")
+        return runner
+
+
+_WORKER_RUNNER: EpisodeRunner | None = None
+
+
+def _start_eval_worker(spec: CheckpointEval, threads: int) -> None:
+    import torch
+
+    global _WORKER_RUNNER
+    torch.set_num_threads(threads)
+    _WORKER_RUNNER = spec.runner()
+
+
+def _worker_description(_: Any = None) -> str:
+    assert _WORKER_RUNNER is not None, "worker not initialised"
+    return _WORKER_RUNNER.description
+
+
+def _run_in_worker(job: tuple[int, str | None]) -> EpisodeResult:
+    assert _WORKER_RUNNER is not None, "worker not initialised"
+    seed, video = job
+    return _WORKER_RUNNER.run(seed, Path(video) if video else None)
+
+
+def evaluate_checkpoint(
+    spec: CheckpointEval,
+    seeds: Sequence[int],
+    *,
+    workers: int = 1,
+    out_dir: str | Path | None = None,
+    videos: int = 3,
+    progress: bool = True,
+) -> TaskResult:
+    """Closed-loop episodes of a checkpoint on ``seeds``, in ``workers`` processes.
+
+    The policy's noise is re-seeded from each episode's seed, so every episode's outcome is the same
+    for any number of workers (each worker runs one torch thread); only the time changes. Results,
+    videos and files as :func:`evaluate`."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    seeds = [int(s) for s in seeds]
+    out = _prepare_out(out_dir, videos)
+    jobs = [(seed, str(out / "videos") if out is not None and i < videos else None) for i, seed in enumerate(seeds)]
+    result = TaskResult(spec.task)
+    bar = tqdm(total=len(seeds), desc=f"eval {spec.task}", unit="ep", disable=not progress)
+    start = time.perf_counter()
+    if workers == 1:
+        runner = spec.runner()
+        description = runner.description
+        episodes = (runner.run(seed, Path(video) if video else None) for seed, video in jobs)
+        max_steps = runner.max_steps
+    else:
+        import multiprocessing as mp
+
+        # spawn: every worker loads the checkpoint and starts its own renderer
+        pool = mp.get_context("spawn").Pool(workers, initializer=_start_eval_worker, initargs=(spec, 1))
+        description = pool.apply(_worker_description)
+        episodes = pool.imap(_run_in_worker, jobs)
+        runner, max_steps = None, spec.max_steps
+    print(f"evaluating {spec.checkpoint} on {spec.task}, {len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]}"
+          + (f", {workers} worker processes" if workers > 1 else "") + f"; {description}", flush=True)
+    try:
+        for ep in episodes:
+            result.episodes.append(ep)
+            bar.update(1)
+            bar.set_postfix(success=f"{result.success_rate:.0%}", chunk_ms=f"{ep.mean_chunk_ms:.0f}")
+    finally:
+        bar.close()
+        if runner is not None:
+            runner.close()
+        else:
+            pool.terminate()
+    if max_steps is None:
+        from xwam.sim.envs import TASKS
+
+        max_steps = TASKS[spec.task].default_horizon
+    if out:
+        write_results(out, [result], extra={"max_steps": max_steps, "workers": workers, "acting": description,
+                                            "wall_seconds": round(time.perf_counter() - start, 2)})
     return result
 
 

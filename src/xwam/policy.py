@@ -148,6 +148,14 @@ class XWAMPolicy:
                           replan_every=self.chunker.replan_every, rtc_delay=self.chunker.rtc_delay,
                           default_prompt=self.default_prompt, seed=self.seed, max_prompt_chars=self.max_prompt_chars)
 
+    def with_replanning(self, replan_every: int | None = None, rtc_delay: int | None = None) -> XWAMPolicy:
+        """A fresh policy like :meth:`with_sampler` that re-plans every ``replan_every`` actions and
+        commits ``rtc_delay`` of them (``None`` keeps the current setting)."""
+        return type(self)(self.model, self.config, self.processor,
+                          replan_every=replan_every or self.chunker.replan_every,
+                          rtc_delay=self.chunker.rtc_delay if rtc_delay is None else rtc_delay,
+                          default_prompt=self.default_prompt, seed=self.seed, max_prompt_chars=self.max_prompt_chars)
+
     # ---- protocol used by the server --------------------------------------------------------
     @property
     def metadata(self) -> dict[str, Any]:

@@ -24,6 +24,12 @@ from xwam.codecs import (
     uint8_to_unit,
     unit_to_uint8,
 )
+from xwam.codecs.depth import (
+    DEPTH_KIND_CODEC_UNIT,
+    DEPTH_KIND_METRIC,
+    check_depth_kind,
+    depth_to_codec_frames,
+)
 from xwam.config import ModelConfig
 from xwam.data.stats import NormStats
 from xwam.diffusion.objective import TrainingInputs
@@ -32,7 +38,11 @@ from xwam.diffusion.sampler import Conditioning
 
 class XWAMProcessor:
     """``codec`` encodes RGB; ``depth_codec`` encodes inverse-depth frames (the same codec, except for
-    fitted codecs, which fit one basis per stream)."""
+    fitted codecs, which fit one basis per stream).
+
+    Depth comes with its kind (:mod:`xwam.codecs.depth`): ``metric`` depth (metres) is encoded through
+    :class:`InverseDepthEncoding`, ``codec_unit`` depth (the release's v / 127.5 - 1, already in
+    [-1, 1]) is used as it is; depth of a missing or unknown kind is refused."""
 
     def __init__(
         self,
@@ -85,10 +95,12 @@ class XWAMProcessor:
         return cls(cfg, codec, text, norm_stats, device, depth_codec=depth_codec, center_crop=center_crop)
 
     @staticmethod
-    def fit_codec_state(cfg: ModelConfig, images: torch.Tensor, depth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def fit_codec_state(cfg: ModelConfig, images: torch.Tensor, depth: torch.Tensor | None,
+                        depth_kind: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Fit a fitted codec (``pca``) on training clips: images (N, V, F, 3, H, W) uint8, depth
-        (N, V, F, H, W) metres or None (then the depth basis is fitted on the RGB frames' grey levels).
-        Returns the state ``build(codec_state=...)`` takes."""
+        (N, V, F, H, W) of ``depth_kind`` (one kind, or one per clip; required with depth) or None (then
+        the depth basis is fitted on the RGB frames' grey levels). Returns the state
+        ``build(codec_state=...)`` takes."""
         from xwam.codecs.pca import PatchPCACodec
 
         if cfg.codec not in FITTED_CODECS:
@@ -97,7 +109,7 @@ class XWAMProcessor:
         rgb = PatchPCACodec.fit(frames, cfg.spatial_compression, cfg.latent_channels)
         if depth is not None:
             encoding = InverseDepthEncoding(near=cfg.depth_near, far=cfg.depth_far)
-            depth_frames = encoding.depth_to_frames(depth.float()).flatten(0, 1)
+            depth_frames = depth_frames_of_kinds(depth.float(), depth_kind, encoding).flatten(0, 1)
         else:
             depth_frames = frames.mean(dim=1, keepdim=True).expand_as(frames)
         depth_codec = PatchPCACodec.fit(depth_frames, cfg.spatial_compression, cfg.latent_channels)
@@ -138,11 +150,25 @@ class XWAMProcessor:
         return self.codec.encode_current_frame(frames.unsqueeze(2)).unflatten(0, (batch, views))
 
     @torch.no_grad()
-    def encode_depth(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, V, F, H, W) metres -> (B, V, C, T, h, w) depth latents."""
+    def encode_depth(self, depth: torch.Tensor, kind: str | Sequence[str] | None) -> torch.Tensor:
+        """(B, V, F, H, W) depth of ``kind`` (one kind, or one per clip as a collated batch holds them)
+        -> (B, V, C, T, h, w) depth latents. ``metric``: metres through the inverse-depth encoding;
+        ``codec_unit``: [-1, 1] values used as they are. A missing or unknown kind is refused."""
         batch, views = depth.shape[:2]
-        frames = self.depth_encoding.depth_to_frames(depth.to(self.device).float())  # (B, V, 3, F, H, W)
+        frames = depth_frames_of_kinds(depth.to(self.device).float(), kind, self.depth_encoding)  # (B, V, 3, F, H, W)
         return self.depth_codec.encode(frames.flatten(0, 1)).unflatten(0, (batch, views))
+
+    def encode_batch_depth(self, batch: dict[str, Any], select: torch.Tensor | None = None) -> torch.Tensor:
+        """Depth latents of a collated clip batch (its ``depth`` and ``depth_kind``), optionally of the
+        clips ``select`` only."""
+        if "depth_kind" not in batch:
+            raise ValueError("the batch has depth but no depth_kind: cannot tell metres from codec units "
+                             "(ClipDataset adds it; a hand-made batch must say 'metric' or 'codec_unit')")
+        depth, kinds = batch["depth"], batch["depth_kind"]
+        if select is not None:
+            depth = depth[select]
+            kinds = kinds if isinstance(kinds, str) else [kinds[int(i)] for i in select]
+        return self.encode_depth(depth, kinds)
 
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
@@ -153,10 +179,14 @@ class XWAMProcessor:
         return images.unflatten(0, (batch, views))
 
     @torch.no_grad()
-    def decode_depth(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, V, C, T, h, w) depth latents -> (B, V, F, H, W) metres."""
+    def decode_depth(self, latents: torch.Tensor, kind: str = DEPTH_KIND_METRIC) -> torch.Tensor:
+        """(B, V, C, T, h, w) depth latents -> (B, V, F, H, W) depth of ``kind``: metres (``metric``,
+        for a model trained on metric depth) or the codec's [-1, 1] values (``codec_unit``, channel
+        mean clamped, for a model trained on release depth, which has no metric scale)."""
         batch, views = latents.shape[:2]
         frames = self.depth_codec.decode(latents.flatten(0, 1).float())  # (B*V, 3, F, H, W)
+        if check_depth_kind(kind) == DEPTH_KIND_CODEC_UNIT:
+            return frames.mean(dim=1).clamp(-1.0, 1.0).unflatten(0, (batch, views))
         return self.depth_encoding.frames_to_depth(frames).unflatten(0, (batch, views))
 
     @torch.no_grad()
@@ -174,7 +204,7 @@ class XWAMProcessor:
         actions = batch["action_norm"] if "action_norm" in batch else stats.normalize_action(batch["action"])
         depth = None
         if with_depth and "depth" in batch and self.cfg.depth_layers > 0:
-            depth = self.encode_depth(batch["depth"])
+            depth = self.encode_batch_depth(batch)
         return TrainingInputs(
             video=self.encode_video(batch["images"]),
             text=self.encode_text(batch["instruction"]),
@@ -280,6 +310,20 @@ def finite_as_float32(values: np.ndarray) -> bool:
     """True when every value is finite after the cast to the model's float32 (1e300 is not)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.asarray(values).astype(np.float32)).all())
+
+
+def depth_frames_of_kinds(depth: torch.Tensor, kind: str | Sequence[str] | None,
+                          encoding: InverseDepthEncoding) -> torch.Tensor:
+    """(B, V, F, H, W) depth -> (B, V, 3, F, H, W) codec frames; ``kind`` is one kind for the whole
+    batch or one per clip (a batch may mix metric and release datasets)."""
+    if kind is None or isinstance(kind, str):
+        return depth_to_codec_frames(depth, check_depth_kind(kind), encoding)
+    kinds = [check_depth_kind(k, f"depth of clip {i}") for i, k in enumerate(kind)]
+    if len(kinds) != depth.shape[0]:
+        raise ValueError(f"{len(kinds)} depth kinds for a batch of {depth.shape[0]} clips: give one per clip")
+    if len(set(kinds)) == 1:
+        return depth_to_codec_frames(depth, kinds[0], encoding)
+    return torch.stack([depth_to_codec_frames(d, k, encoding) for d, k in zip(depth, kinds)])
 
 
 def _flat_frames(images: torch.Tensor) -> torch.Tensor:

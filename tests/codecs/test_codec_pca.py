@@ -69,16 +69,16 @@ def test_processor_fits_one_basis_per_stream_and_round_trips_depth() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 2, 3, 3, 16, 16), dtype=torch.uint8, generator=g)
     depth = 0.5 + torch.rand(4, 2, 3, 16, 16, generator=g).cumsum(-1) * 0.05  # smooth ramps, 0.5-1.4 m
-    state = XWAMProcessor.fit_codec_state(cfg, images, depth)
+    state = XWAMProcessor.fit_codec_state(cfg, images, depth, "metric")
     assert math.isfinite(float(state["rgb.reconstruction_psnr"]))
     proc = XWAMProcessor.build(cfg, codec_state=state)
     assert proc.depth_codec is not proc.codec
     assert not torch.equal(proc.codec.components, proc.depth_codec.components)
     # the processor's state is what the checkpoint stores, and rebuilds the same codecs
     rebuilt = XWAMProcessor.build(cfg, codec_state=proc.codec_state())
-    latents = proc.encode_depth(depth)
+    latents = proc.encode_depth(depth, "metric")
     assert latents.shape == (4, 2, 6, 3, 8, 8)
-    assert torch.equal(rebuilt.encode_depth(depth), latents)
+    assert torch.equal(rebuilt.encode_depth(depth, "metric"), latents)
     # smooth depth survives 6 of 12 components per 2x2 patch closely (metres)
     back = proc.decode_depth(latents)
     assert (back - depth).abs().median() < 0.02

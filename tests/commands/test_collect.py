@@ -106,3 +106,29 @@ def test_collect_lift_for_real(tmp_path: Path) -> None:
     assert ds.num_episodes == 2 and ds.has_depth and ds.has_intrinsics
     ep = ds.episode(1)
     assert ep.state.shape[1] == 8 and ep.action.shape[1] == 7 and ep.success
+
+
+@pytest.mark.slow
+def test_collect_in_worker_processes_writes_the_same_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("robosuite")
+    import numpy as np
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    common = ["collect", "--task", "Lift", "--episodes", "3", "--height", "32", "--width", "32", "--perturb", "0.3"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = LeRobotV3Dataset(tmp_path / "one"), LeRobotV3Dataset(tmp_path / "two")
+    assert one.num_episodes == two.num_episodes == 3
+    for i in range(3):
+        a, b = one.episode(i), two.episode(i)
+        assert a.meta["seed"] == b.meta["seed"] == i and json.loads(one.episodes[i]["xwam/meta"])["perturb"] == 0.3
+        np.testing.assert_array_equal(a.action, b.action)
+        np.testing.assert_array_equal(a.state, b.state)
+        for cam in a.camera_names:
+            np.testing.assert_array_equal(a.rgb[cam], b.rgb[cam])
+            np.testing.assert_array_equal(a.depth[cam], b.depth[cam])
+    # resuming with another perturbation would mix two kinds of demonstrations: refused
+    capsys.readouterr()
+    assert main([*common[:-1], "0.1", "--episodes", "4", "--out", str(tmp_path / "one")]) == 2
+    assert "perturb=0.3" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,25 @@ def test_mixture_weights_and_collate(datasets: tuple) -> None:
     assert batch["images"].shape[0] == 4 and len(batch["instruction"]) == 4
     with pytest.raises(ValueError, match="one non-negative weight per dataset"):
         ClipDataset([a, b], weights=[1])
+
+
+def test_depth_kind_travels_with_the_depth(datasets: tuple) -> None:
+    ds, _, _ = datasets
+    clips = ClipDataset(ds, ClipConfig(num_frames=2, frame_skip=1, action_horizon=3))
+    assert clips[0]["depth_kind"] == "metric"  # LeRobot depth is metres
+    batch = next(iter(DataLoader(clips, batch_size=2)))
+    assert batch["depth_kind"] == ["metric", "metric"]
+
+    class Unlabelled:  # a source whose episodes do not say what their depth is
+        def __init__(self, source):
+            self.source = source
+
+        def __getattr__(self, name):
+            return getattr(self.source, name)
+
+        def episode(self, i, **kwargs):
+            ep = self.source.episode(i, **kwargs)  # a copy: the source's cached episode stays labelled
+            return dataclasses.replace(ep, meta={k: v for k, v in ep.meta.items() if k != "depth_kind"})
+
+    with pytest.raises(ValueError, match="depth kind is missing"):
+        ClipDataset(Unlabelled(ds), ClipConfig(num_frames=2, frame_skip=1, action_horizon=3))[0]

@@ -286,3 +286,94 @@ def test_a_deepspeed_file_with_the_release_key_set_loads_weights_only_with_nothi
     _release_file(tmp_path / "wrong.pt", wrong)
     with pytest.raises(ValueError, match="shape mismatches .*view_embedding"):
         load_release_checkpoint(tmp_path / "wrong.pt", cfg)
+
+
+# ---- the release's frozen umT5 ----------------------------------------------------------------------
+# transformers' UMT5 names -> Wan's T5 names as the release stores them, written out independently of
+# the loader (Wan's T5: norm1/attn/pos_embedding, then norm2 and a gated FFN gate.0 (GELU) * fc1).
+TO_RELEASE_UMT5 = [
+    (r"^shared\.weight$", "token_embedding.weight"), (r"^encoder\.final_layer_norm\.weight$", "norm.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.", r"blocks.\1.pos_embedding.embedding."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.", r"blocks.\1.attn."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"blocks.\1.norm2."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.", r"blocks.\1.ffn.gate.0."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.", r"blocks.\1.ffn.fc1."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
+]
+
+
+def umt5_to_release(name: str) -> str:
+    for pattern, repl in TO_RELEASE_UMT5:
+        if re.search(pattern, name):
+            return "text_encoder.model." + re.sub(pattern, repl, name)
+    raise AssertionError(f"no release name for {name}")
+
+
+def test_every_release_text_encoder_key_has_its_place_and_shape_in_umt5_xxl():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from xwam.model.loading import release_umt5_key_to_hf
+
+    text_keys = [(k, s) for k, s in release_keys() if k.startswith("text_encoder.")]
+    assert len(text_keys) == 242
+    xxl = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                     feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = UMT5EncoderModel(xxl)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    placed = set()
+    for key, shape in text_keys:
+        ours = release_umt5_key_to_hf(key)
+        assert ours in own and own[ours] == shape, f"{key} -> {ours}: {own.get(ours)} vs release {shape}"
+        placed.add(ours)
+    assert placed == set(own) - {"encoder.embed_tokens.weight"}  # the shared embedding's second name
+
+
+def test_convert_writes_the_release_umt5_that_encodes_exactly_like_the_original(tmp_path, capsys):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from xwam.cli import main
+    from xwam.model.loading import release_key_to_xwam
+
+    torch.manual_seed(0)
+    original = UMT5EncoderModel(UMT5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                           feed_forward_proj="gated-gelu", tie_word_embeddings=False)).eval()
+    cfg = release_layout_config()
+    own = random_model(cfg, seed=5).state_dict()
+    module = {key: own[release_key_to_xwam(key)] for key, _ in release_keys() if key.startswith("model.")}
+    module.update({umt5_to_release(k): v for k, v in original.state_dict().items() if k != "encoder.embed_tokens.weight"})
+    module["vae.mean"] = torch.zeros(48)
+    (tmp_path / "release" / "checkpoint").mkdir(parents=True)
+    _release_file(tmp_path / "release" / "checkpoint" / "mp_rank_00_model_states.pt", module)
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer_config.json").write_text("{}")
+    code = main(["convert", f"release:{tmp_path / 'release'}", "--out", str(tmp_path / "ckpt"),
+                 "--set", f"model.num_layers={cfg.num_layers}", "--set", f"model.depth_layers={cfg.depth_layers}",
+                 *[a for f, v in (("num_views", 3), ("image_height", 32), ("image_width", 32), ("num_frames", 3),
+                                  ("frame_skip", 2), ("action_horizon", 4), ("codec", "pixel"),
+                                  ("latent_channels", 48), ("spatial_compression", 4), ("temporal_compression", 1),
+                                  ("num_heads", 2), ("head_dim", 12), ("ffn_dim", 32), ("rope_max_seq_len", 32),
+                                  ("text_encoder", "none"), ("text_dim", 32), ("text_len", 8))
+                   for a in ("--set", f"model.{f}={v}")],
+                 "--text-encoder-out", str(tmp_path / "umt5"), "--tokenizer", str(tokenizer)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "wrote the release's umT5 to" in out
+    written = UMT5EncoderModel.from_pretrained(str(tmp_path / "umt5" / "text_encoder")).eval()
+    ids = torch.randint(0, 96, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        want = original(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = written(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (tmp_path / "umt5" / "tokenizer" / "tokenizer_config.json").is_file()
+    # a text-encoder key the map does not know is an error, never dropped
+    from xwam.model.loading import release_text_encoder
+
+    with pytest.raises(ValueError, match=r"1 text-encoder keys have no place .*blocks\.0\.attn\.extra"):
+        release_text_encoder({**module, "text_encoder.model.blocks.0.attn.extra.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="no text_encoder.model"):
+        release_text_encoder({k: v for k, v in module.items() if not k.startswith("text_encoder.")})

@@ -7,7 +7,7 @@ pytest.importorskip("robosuite")
 
 from xwam.sim.envs import make_env  # noqa: E402
 from xwam.sim.experts import make_expert  # noqa: E402
-from xwam.sim.rollout import collect_expert_episodes, record_episode  # noqa: E402
+from xwam.sim.rollout import PositionNoise, collect_expert_episodes, record_episode  # noqa: E402
 
 
 @pytest.mark.parametrize(("task", "seeds"), [("Lift", (0, 1)), ("Stack", (0, 1)), ("PickPlaceCan", (0,))])
@@ -30,6 +30,55 @@ def test_noisy_expert_still_succeeds_and_differs():
     assert plain.success and noisy.success
     assert not np.allclose(plain.action[:20], noisy.action[:20])
     np.testing.assert_allclose(plain.state[0], noisy.state[0])  # same seed, same start
+
+
+def test_position_noise_is_correlated_seeded_and_leaves_gripper_and_rotation_alone():
+    noise = PositionNoise(0.3, correlation=0.8)
+    action = np.array([0.1, -0.2, 0.3, 0.05, 0.0, -0.05, 1.0], np.float32)
+    noise.reset(7)
+    offsets = np.stack([noise(action)[:3] - action[:3] for _ in range(4000)])
+    noise.reset(7)
+    again = np.stack([noise(action)[:3] - action[:3] for _ in range(4000)])
+    np.testing.assert_array_equal(offsets, again)  # the episode seed fixes the perturbation
+    assert 0.25 < offsets.std() < 0.35  # stationary std is the asked one (clipping aside)
+    lag1 = np.mean([np.corrcoef(offsets[:-1, i], offsets[1:, i])[0, 1] for i in range(3)])
+    assert 0.7 < lag1 < 0.9  # it keeps a direction for several steps
+    executed = noise(action)
+    np.testing.assert_array_equal(executed[3:], action[3:])  # rotation and gripper untouched
+    with pytest.raises(ValueError, match="std"):
+        PositionNoise(-0.1)
+    with pytest.raises(ValueError, match="correlation"):
+        PositionNoise(0.1, correlation=1.0)
+
+
+def test_perturbed_episode_records_the_experts_corrections_not_the_noise():
+    env = make_env("Lift", cameras=())
+    try:
+        expert = make_expert(env)
+        clean = record_episode(env, expert, seed=5, max_steps=200)
+        perturbed = record_episode(env, expert, seed=5, max_steps=200, perturbation=PositionNoise(0.3))
+        replay = record_episode(env, expert, seed=5, max_steps=200, perturbation=PositionNoise(0.3))
+    finally:
+        env.close()
+    assert clean.success and perturbed.success
+    np.testing.assert_array_equal(perturbed.action, replay.action)  # reproducible from the seed
+    # the hand leaves the expert's path (the states differ) ...
+    assert np.abs(perturbed.state[:20, :3] - clean.state[:20, :3]).max() > 0.005
+    # ... and every recorded action is what the noise-free expert commands in the state it saw:
+    # re-running the expert on the perturbed states' history gives the recorded actions exactly
+    env = make_env("Lift", cameras=())
+    try:
+        expert = make_expert(env)
+        noise = PositionNoise(0.3)
+        obs = env.reset(seed=5)
+        expert.reset(5)
+        noise.reset(5)
+        for t in range(perturbed.length):
+            action = np.clip(expert(obs), -1, 1)
+            np.testing.assert_allclose(action, perturbed.action[t], atol=1e-6)
+            obs, _ = env.step(noise(action))
+    finally:
+        env.close()
 
 
 def test_record_episode_with_cameras_follows_episode_conventions():

@@ -14,6 +14,16 @@ far/near/2 x 6e-8 at the far end (~3e-6 for the defaults, ``max_relative_error``
 that range are clamped into it first (closer than ``near`` reads back as ``near``, farther than
 ``far`` or infinite reads back as ``far``); zero or negative depths read back as ``near``; NaN is
 rejected. Defaults suit tabletop scenes (0.05 m to 5 m).
+
+Depth kinds. Depth reaches the codec in one of two kinds, and every producer says which
+(``Episode.meta["depth_kind"]``, the ``depth_kind`` entry of a clip batch); nothing guesses:
+
+- ``"metric"`` (:data:`DEPTH_KIND_METRIC`): metres, z-depth along the optical axis (our simulator and
+  LeRobot datasets). Encoded through :class:`InverseDepthEncoding` (clamped to [near, far], inverted).
+- ``"codec_unit"`` (:data:`DEPTH_KIND_CODEC_UNIT`): already the codec's [-1, 1] values, near bright =
+  +1. The release's depth videos are 8-bit relative inverse depth of undocumented scale; the
+  release's loader feeds a code v to the VAE as v / 127.5 - 1 and never converts it to metres, so
+  neither do we (:func:`release_depth_code_to_unit`). Used as it is, channel-replicated.
 """
 
 from __future__ import annotations
@@ -93,6 +103,55 @@ class InverseDepthEncoding:
         return self.far * (1.0 / self.near - 1.0 / self.far) / 2.0 * unit_resolution
 
 
+DEPTH_KIND_METRIC = "metric"
+DEPTH_KIND_CODEC_UNIT = "codec_unit"
+DEPTH_KINDS = (DEPTH_KIND_METRIC, DEPTH_KIND_CODEC_UNIT)
+
+
+def check_depth_kind(kind: object, where: str = "depth") -> str:
+    """``kind`` if it is one of :data:`DEPTH_KINDS`, else ValueError (a missing kind is never guessed)."""
+    if kind is None:
+        raise ValueError(
+            f"{where}: the depth kind is missing; say whether the depth is {DEPTH_KIND_METRIC!r} (metres) or "
+            f"{DEPTH_KIND_CODEC_UNIT!r} (the codec's [-1, 1] units, e.g. release depth videos)"
+        )
+    if kind not in DEPTH_KINDS:
+        raise ValueError(f"{where}: unknown depth kind {kind!r} (known: {', '.join(DEPTH_KINDS)})")
+    return str(kind)
+
+
+def release_depth_code_to_unit(codes: np.ndarray) -> np.ndarray:
+    """8-bit depth codes (uint8, any shape) -> float32 codec units ``v / 127.5 - 1`` in [-1, 1], as the
+    release's loader maps its depth videos (code 255, the nearest, -> +1; code 0 -> -1)."""
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8:
+        raise ValueError(f"release depth codes must be uint8, got {codes.dtype}")
+    return (codes.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
+
+
+def depth_to_codec_frames(depth: np.ndarray | torch.Tensor, kind: str,
+                          encoding: InverseDepthEncoding) -> torch.Tensor:
+    """Depth (..., F, H, W) of ``kind`` -> codec frames (..., 3, F, H, W) in [-1, 1], channel replicated.
+
+    ``metric`` goes through ``encoding`` (inverse depth over [near, far]); ``codec_unit`` is used as it
+    is and must already lie in [-1, 1] (metres mislabelled as units would not, and are refused).
+    """
+    kind = check_depth_kind(kind)
+    if kind == DEPTH_KIND_METRIC:
+        return encoding.depth_to_frames(depth)
+    u = _as_tensor(depth)
+    if u.ndim < 3:
+        raise ValueError(f"depth must be (..., F, H, W), got shape {tuple(u.shape)}")
+    u = u.to(_output_dtype(u))
+    if torch.isnan(u).any() or (u.numel() and (u.min() < -1.0 or u.max() > 1.0)):
+        raise ValueError(
+            f"depth of kind {DEPTH_KIND_CODEC_UNIT!r} must lie in [-1, 1] (got values in "
+            f"[{float(u.min()):.4g}, {float(u.max()):.4g}]); metric depth must be labelled {DEPTH_KIND_METRIC!r}"
+        )
+    unit = u.unsqueeze(-4)
+    return unit.expand(*unit.shape[:-4], 3, *unit.shape[-3:]).contiguous()
+
+
 def _output_dtype(x: torch.Tensor) -> torch.dtype:
     # float64 stays float64 (exact round trips for analysis); everything else comes back float32
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -117,7 +176,8 @@ def relative_inverse_depth_from_uint8(video: np.ndarray | torch.Tensor) -> torch
 def relative_inverse_depth_to_frames(relative: torch.Tensor) -> torch.Tensor:
     """Relative inverse depth (..., F, H, W) in [0, 1] -> codec frames (..., 3, F, H, W) in [-1, 1].
 
-    This is how the release feeds its depth videos to the VAE (8-bit value / 127.5 - 1).
+    This is how the release feeds its depth videos to the VAE (8-bit value / 127.5 - 1); see also
+    :func:`release_depth_code_to_unit` and the ``codec_unit`` depth kind.
     """
     r = _as_tensor(relative).to(torch.float32)
     if r.ndim < 3:

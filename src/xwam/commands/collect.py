@@ -41,7 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-steps", type=int, default=None, help="step limit per episode (default: task horizon)"
     )
-    p.add_argument("--noise", type=float, default=0.0, help="expert action noise (diversity)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="std of the expert's own command noise, executed and recorded (diversity)")
+    p.add_argument("--perturb", type=float, default=0.0,
+                   help="std (command units, 1 = 5 cm) of correlated noise added to the executed arm position "
+                        "but not recorded: the expert's corrections become recovery demonstrations (DART)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="simulator processes; the dataset is the same for any number, only faster")
     p.add_argument("--keep-failures", action="store_true", help="also store episodes the expert failed")
     p.add_argument(
         "--episodes-per-file",
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         cameras=args.cameras,
         max_steps=args.max_steps,
         noise=args.noise,
+        perturb=args.perturb,
+        workers=args.workers,
         keep_failures=args.keep_failures,
         episodes_per_file=args.episodes_per_file,
         crf=args.crf,
@@ -102,6 +110,8 @@ def collect(
     cameras: list[str] | None = None,
     max_steps: int | None = None,
     noise: float = 0.0,
+    perturb: float = 0.0,
+    workers: int = 1,
     keep_failures: bool = False,
     episodes_per_file: int = 10,
     crf: int = 18,
@@ -119,12 +129,14 @@ def collect(
 
     try:
         from xwam.sim.envs import DEFAULT_CAMERAS
-        from xwam.sim.rollout import collect_expert_episodes
+        from xwam.sim.rollout import collect_expert_episodes, collect_in_parallel
     except ImportError as exc:
         raise RuntimeError(f"the simulator is not available ({exc}); install the 'sim' extra") from exc
 
     if episodes < 1:
         raise ValueError("--episodes must be >= 1")
+    if workers < 1:
+        raise ValueError("--workers must be >= 1")
     root = Path(out)
     cameras = list(cameras or DEFAULT_CAMERAS)
     progress = _load_progress(root)
@@ -135,6 +147,8 @@ def collect(
             ("height", height),
             ("width", width),
             ("cameras", cameras),
+            ("noise", noise),
+            ("perturb", perturb),
         ):
             if progress.get(key) is not None and progress[key] != value:
                 raise ValueError(
@@ -154,7 +168,8 @@ def collect(
     if resuming:
         seeds_seen = [json.loads(r).get("seed", -1) for r in _stored_meta(root)]
         next_seed = max([next_seed, *(s + 1 for s in seeds_seen if s is not None and s >= 0)])
-    progress.update({"task": task, "height": height, "width": width, "cameras": cameras})
+    progress.update({"task": task, "height": height, "width": width, "cameras": cameras, "noise": noise,
+                     "perturb": perturb})
     progress.setdefault("attempted", 0)
     progress.setdefault("succeeded", 0)
     if have >= episodes:
@@ -180,16 +195,18 @@ def collect(
 
     seed = next_seed
     pending = 0
+    rollouts = None
     try:
-        rollouts = collect_expert_episodes(
-            task,
-            itertools.count(next_seed),
-            height=height,
-            width=width,
-            cameras=cameras,
-            max_steps=max_steps,
-            noise=noise,
-        )
+        options = dict(height=height, width=width, cameras=cameras, max_steps=max_steps, noise=noise,
+                       perturb=perturb)
+        if workers > 1:
+            rollouts = collect_in_parallel(
+                task, itertools.count(next_seed), workers,
+                lambda in_flight: (writer.num_episodes + in_flight < episodes
+                                   and attempted + in_flight < max_attempts),
+                **options)
+        else:
+            rollouts = collect_expert_episodes(task, itertools.count(next_seed), **options)
         for episode in rollouts:
             seed = int(episode.meta.get("seed", seed))
             attempted += 1
@@ -218,6 +235,8 @@ def collect(
         print(f"interrupted: {writer.num_episodes} episodes stored in {root}; run the same command to resume")
         raise
     finally:
+        if rollouts is not None:
+            rollouts.close()  # stops the workers of a parallel collection
         bar.close()
     writer.close()
     rate = succeeded / max(attempted, 1)

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Reads foreign weights safely (safetensors, or torch files with weights_only=True) and writes an "
             "xwam checkpoint (model.safetensors + config.json [+ norm_stats.json]) atomically. Sources: "
-            "release:PATH (checkpoint/mp_rank_00_model_states.pt of the X-WAM release; frozen text-encoder and "
-            "VAE weights are dropped), wan:PATH (Wan2.2 in diffusers layout or original layout; the depth "
+            "release:PATH (checkpoint/mp_rank_00_model_states.pt of the X-WAM release; its frozen umT5 text "
+            "encoder is written out with --text-encoder-out, its frozen VAE is skipped: it is Wan2.2's, load it "
+            "with --vae-path), wan:PATH (Wan2.2 in diffusers layout or original layout; the depth "
             "branch is initialised as copies of the last blocks and the new modules randomly), xwam:PATH."
         ),
     )
@@ -24,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm-stats", default=None,
                    help="normalisation statistics to store with it (a dataset folder or a JSON file)")
     p.add_argument("--seed", type=int, default=0, help="seed for newly initialised modules (wan:)")
+    p.add_argument("--text-encoder-out", default=None, metavar="DIR",
+                   help="release: also write the checkpoint's umT5 as DIR/text_encoder (transformers layout); "
+                        "with --tokenizer, DIR is then a --text-path for the umt5 text encoder")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="umT5 tokenizer folder to copy to DIR/tokenizer (e.g. a Wan2.2 diffusers root's tokenizer/)")
     p.set_defaults(func=run)
 
 
@@ -34,17 +40,27 @@ def run(args: argparse.Namespace) -> int:
 
     from xwam.config import RELEASE_PARITY, get_preset
     from xwam.model.checkpoint import load_checkpoint, save_checkpoint
-    from xwam.model.loading import build_from_wan, load_release_checkpoint
+    from xwam.model.loading import build_from_wan, read_release_state, release_model, write_release_text_encoder
 
     kind, sep, path = args.source.partition(":")
     if not sep or kind not in ("release", "wan", "xwam"):
         raise ValueError(f"source must be release:PATH, wan:PATH or xwam:PATH, got {args.source!r}")
+    if (args.text_encoder_out or args.tokenizer) and kind != "release":
+        raise ValueError("--text-encoder-out / --tokenizer apply to release: checkpoints only")
+    if args.tokenizer and not args.text_encoder_out:
+        raise ValueError("--tokenizer needs --text-encoder-out (where to put it)")
     # a release checkpoint acts as the release does unless told otherwise (later --set wins)
     config = get_preset(args.preset).override((RELEASE_PARITY if kind == "release" else []) + args.set)
     stats = None
     torch.manual_seed(args.seed)
     if kind == "release":
-        model = load_release_checkpoint(path, config.model)
+        raw, file = read_release_state(path)
+        model = release_model(raw, config.model, file)
+        if args.text_encoder_out:
+            folder = write_release_text_encoder(raw, args.text_encoder_out, args.tokenizer, source=file)
+            print(f"wrote the release's umT5 to {folder}" + ("" if args.tokenizer else
+                  " (no tokenizer copied: add one under tokenizer/ before using it as --text-path)"))
+        del raw
     elif kind == "wan":
         model = build_from_wan(path, config.model)
     else:

@@ -1,4 +1,4 @@
-"""`xwam dataset info|stats|check-stats`: inspect datasets and their normalisation statistics."""
+"""`xwam dataset info|stats|import-stats|check-stats`: inspect datasets and their normalisation statistics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dataset",
         help="inspect a dataset (LeRobot v3 or release layout) and its normalisation statistics",
-        description="Inspect datasets: `info` summarises, `stats` computes statistics, `check-stats` compares "
-        "a dataset's statistics with a checkpoint's norm_stats.json.",
+        description="Inspect datasets: `info` summarises, `stats` computes statistics, `import-stats` takes the "
+        "X-WAM release's statistics from its YAML, `check-stats` compares a dataset's statistics with a "
+        "checkpoint's norm_stats.json.",
     )
     verbs = p.add_subparsers(dest="dataset_verb", metavar="<command>")
 
@@ -31,15 +32,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compute and write normalisation statistics, print a table",
         description="Compute per-dimension statistics (q01, q99, mean, std, min, max) over every frame and write "
         "meta/xwam_norm.json (state/action normalisation). They are merged into meta/stats.json (LeRobot format): "
-        "entries of features xwam does not compute (e.g. next.done) are kept, never dropped. For a release "
-        "dataset (read-only layout) use --out to choose where norm_stats.json goes.",
+        "entries of features xwam does not compute (e.g. next.done) are kept, never dropped. For a release-format "
+        "dataset the statistics are computed as the release's statistics script does (q01/q99 of positions, "
+        "symmetric action bounds, gripper action from moving frames only; a raw-mode dataset keeps its gripper "
+        "action un-normalised, as the release trains it) and only meta/xwam_norm.json is written; "
+        "--release-yaml also writes them in the release's YAML schema.",
     )
     stats.add_argument("path", help="dataset folder")
     stats.add_argument("--out", default=None, help="write NormStats JSON here instead of into the dataset")
+    stats.add_argument("--release-yaml", default=None, metavar="FILE",
+                       help="release-format datasets: also write the q01/q99 statistics in the release's schema "
+                       "(what its compute_stats.py writes) to FILE")
     stats.add_argument(
         "--no-images", action="store_true", help="skip the sampled per-camera image statistics"
     )
     stats.set_defaults(func=run_stats)
+
+    imp = verbs.add_parser(
+        "import-stats",
+        help="use the X-WAM release's statistics (YAML) as the dataset's normalisation",
+        description="Read the X-WAM release's q01/q99 statistics from STATS (a data-config YAML with a "
+        "'statistics:' block, a run's config.yaml with it under 'dataset:', or the output of the release's "
+        "compute_stats.py with q01/q99 at the top level) and write them as our normalisation statistics: "
+        "PATH/meta/xwam_norm.json, which training and `xwam dataset info` read, or --out FILE. Use this to "
+        "normalise exactly as a released checkpoint was trained. State: per arm xyz (proprio_<arm>_ee_xyz), "
+        "quaternion left raw, gripper (gripper_pos); action: xyz, rotation vector (action_<arm>_ee_xyz, "
+        "_axisangle) and gripper (gripper_action), normalised as x / max(|q01|, |q99|). An arm without keys "
+        "is marked invalid (single-arm data). Raw-mode release datasets keep the gripper action un-normalised "
+        "(bound 1), as the release trains them. Refused: missing q01/q99, a key in one but not the other, "
+        "wrong lengths, non-finite values. Example: xwam dataset import-stats data/robocasa "
+        "configs/data/robocasa.yaml (the release's data config).",
+    )
+    imp.add_argument("path", help="dataset folder the statistics belong to (release format or LeRobot v3)")
+    imp.add_argument("stats", help="release statistics YAML")
+    imp.add_argument("--out", default=None, help="write the NormStats JSON here instead of PATH/meta/xwam_norm.json")
+    imp.add_argument("--gripper-action", choices=("auto", "raw", "normalised"), default="auto",
+                     help="auto (default): un-normalised for raw-mode release datasets, else gripper_action; "
+                     "raw: always bound 1; normalised: always gripper_action")
+    imp.set_defaults(func=run_import_stats)
 
     check = verbs.add_parser(
         "check-stats",
@@ -88,6 +118,10 @@ def _summary(ds: Any) -> dict[str, Any]:
         "state_dim": int(first_numeric[0].shape[1]) if first_numeric is not None else None,
         "action_dim": int(first_numeric[1].shape[1]) if first_numeric is not None else None,
     }
+    if hasattr(ds, "action_mode"):  # release format
+        out["action_mode"] = ds.action_mode
+        out["camera_types"] = list(ds.camera_types)
+        out["depth_encoding"] = f"{ds.depth_kind}: 8-bit release code v as v / 127.5 - 1, not metres"
     if hasattr(ds, "features"):
         out["features"] = {
             k: {"dtype": f.get("dtype"), "shape": f.get("shape")} for k, f in ds.features.items()
@@ -141,7 +175,8 @@ def run_info(args: argparse.Namespace) -> int:
         + (f" ({summary['depth_encoding']})" if summary.get("depth_encoding") else "")
         + f"   camera matrices {'yes' if summary['camera_matrices'] else 'no'}"
     )
-    print(f"  state dim  {summary['state_dim']}  action dim {summary['action_dim']}")
+    print(f"  state dim  {summary['state_dim']}  action dim {summary['action_dim']}"
+          + (f"  (release actions: {summary['action_mode']} mode)" if summary.get("action_mode") else ""))
     if "size_mb" in summary:
         print(
             f"  size       {summary['size_mb']} MB ({summary['size_mb'] / max(summary['episodes'], 1):.2f} MB/episode)"
@@ -201,16 +236,74 @@ def run_stats(args: argparse.Namespace) -> int:
     from xwam.data.stats import compute_norm_stats, write_dataset_stats
 
     ds = open_dataset(args.path)
+    if args.release_yaml and not hasattr(ds, "action_mode"):
+        raise ValueError(f"--release-yaml needs a release-format dataset; {args.path} is {type(ds).__name__}")
     if args.out is None and hasattr(ds, "features"):
         norm = write_dataset_stats(args.path, images=not args.no_images)
         print(f"wrote {Path(args.path) / 'meta/xwam_norm.json'} and merged into {Path(args.path) / 'meta/stats.json'}")
     else:
-        norm = compute_norm_stats(ds)
-        out = Path(args.out or Path(args.path) / "norm_stats.json")
-        if out.is_dir():
-            out = out / "norm_stats.json"
+        if hasattr(ds, "action_mode"):
+            from xwam.data.release import norm_stats_from_release, release_statistics
+
+            release = release_statistics(ds)
+            norm = norm_stats_from_release(release, raw_gripper=ds.action_mode == "raw", where=str(args.path))
+            if args.release_yaml:
+                _write_release_yaml(Path(args.release_yaml), release)
+                print(f"wrote {args.release_yaml} (the release's statistics schema)")
+            if ds.action_mode == "raw":
+                print("raw-mode actions: the gripper action stays un-normalised (bound 1), as the release trains "
+                      f"it; the script's gripper_action {release['q99']['gripper_action']} is not used")
+        else:
+            norm = compute_norm_stats(ds)
+        out = _norm_path(args.path, args.out)
         norm.to_json(out)
         print(f"wrote {out}")
+    _print_table(norm)
+    return 0
+
+
+def _norm_path(dataset: str, out: str | None) -> Path:
+    """``--out`` (a folder gets norm_stats.json), else the dataset's meta/xwam_norm.json."""
+    from xwam.data.lerobot_reader import NORM_PATH
+
+    if out is None:
+        return Path(dataset) / NORM_PATH
+    path = Path(out)
+    return path / "norm_stats.json" if path.is_dir() else path
+
+
+def _write_release_yaml(path: Path, stats: dict[str, Any]) -> None:
+    import yaml
+
+    from xwam.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump({"q01": stats["q01"], "q99": stats["q99"]}, sort_keys=False))
+
+
+def run_import_stats(args: argparse.Namespace) -> int:
+    from xwam.data.open import open_dataset
+    from xwam.data.release import asymmetric_action_keys, norm_stats_from_release, read_release_statistics
+
+    ds = open_dataset(args.path)
+    stats = read_release_statistics(args.stats)
+    raw_mode = getattr(ds, "action_mode", None) == "raw"
+    raw_gripper = args.gripper_action == "raw" or (args.gripper_action == "auto" and raw_mode)
+    norm = norm_stats_from_release(stats, raw_gripper=raw_gripper, where=str(args.stats))
+    if norm.state_dim != len(ds.state_names) or norm.action_dim != len(ds.action_names):
+        raise ValueError(f"{args.path} has state/action dims {len(ds.state_names)}/{len(ds.action_names)}; the "
+                         f"release statistics describe {norm.state_dim}/{norm.action_dim}")
+    for key in stats["ignored"]:
+        print(f"note: ignored unknown key {key!r}")
+    for key in asymmetric_action_keys(stats):
+        print(f"warning: {key} has asymmetric bounds {stats['q01'][key]} / {stats['q99'][key]}; xwam normalises "
+              f"actions as x / max(|q01|, |q99|), the release as 2 (x - q01) / (q99 - q01) - 1")
+    if raw_gripper:
+        print("the gripper action stays un-normalised (bound 1)"
+              + (", as the release trains raw-mode data" if raw_mode and args.gripper_action == "auto" else ""))
+    out = _norm_path(args.path, args.out)
+    norm.to_json(out)  # atomic (xwam.atomic.atomic_write_json)
+    invalid = [n for n, v in zip(norm.state_names, norm.state_valid) if not v]
+    print(f"wrote {out} from {args.stats}" + (f" (invalid: {', '.join(invalid)})" if invalid else ""))
     _print_table(norm)
     return 0
 

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "does not depend on the machine's speed); a cap that cuts the schedule is reported loudly "
                         "and marked in the report")
     p.add_argument("--episodes", type=int, default=None, help=f"training demonstrations {default('episodes')}")
+    p.add_argument("--perturb", type=float, default=None, metavar="STD",
+                   help="recovery demonstrations: std of correlated noise on the executed arm position (1 = 5 cm), "
+                        f"the expert's clean command recorded {default('perturb')}")
+    p.add_argument("--workers", type=int, default=None,
+                   help="simulator processes for collection and evaluation; results do not depend on it "
+                        f"(default: one per core, at most 4: {d.workers} here)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help=f"closed-loop episodes on held-out seeds {default('eval_episodes')}")
     p.add_argument("--preset", default=d.preset, help=f"model preset (see `xwam presets`) {default('preset')}")
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, steps=args.steps, episodes=args.episodes,
                                      eval_episodes=args.eval_episodes, preset=args.preset,
                                      batch_size=args.batch_size, shift_augment=args.shift_augment, lr=args.lr, ema_decay=args.ema_decay, threads=args.threads,
-                                     seed=args.seed).items() if v is not None}
+                                     seed=args.seed, perturb=args.perturb, workers=args.workers).items() if v is not None}
     cfg = DemoConfig.quick_config(**changes) if args.quick else DemoConfig(**changes)
     if args.set:
         cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *args.set])

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.add_argument("--action-steps", type=int, default=None, help="override the sampler's action steps k")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes for --checkpoint, one torch thread each; every episode's policy noise is "
+                        "seeded from its seed, so results are the same for any number, only faster")
     p.set_defaults(func=run)
 
 
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         eval_policy(args.checkpoint, server=args.server, api_key=args.api_key, tasks=args.task or ["Lift"],
                     episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
                     replan_every=args.replan_every, rtc_delay=args.rtc_delay, videos=args.videos,
-                    out=args.out, device=args.device, action_steps=args.action_steps)
+                    out=args.out, device=args.device, action_steps=args.action_steps,
+                    workers=args.workers)
     return 0
 
 
@@ -78,28 +82,28 @@ def eval_policy(
     out: str | Path = "out/eval",
     device: str = "cpu",
     action_steps: int | None = None,
+    workers: int = 1,
 ) -> list[TaskResult]:
-    """Closed-loop success of a checkpoint (run here) or of a running server (``HOST:PORT``) on seeds
-    ``seed..seed+episodes-1`` of every task; writes ``out``/results.json, results.md and per-task
-    folders (see ``xwam eval --help`` for the arguments)."""
+    """Closed-loop success of a checkpoint (run here, in ``workers`` processes) or of a running server
+    (``HOST:PORT``) on seeds ``seed..seed+episodes-1`` of every task; writes ``out``/results.json,
+    results.md and per-task folders (see ``xwam eval --help`` for the arguments)."""
     import os
 
-    from xwam.evaluate import evaluate, markdown_table, write_results
+    from xwam.evaluate import CheckpointEval, evaluate, evaluate_checkpoint, markdown_table, write_results
 
     if (checkpoint is None) == (server is None):
         raise ValueError("give exactly one of checkpoint and server")
     seeds = list(range(seed, seed + episodes))
+    out = Path(out)
+    results = []
     if checkpoint is not None:
-        from xwam.policy import XWAMPolicy
-
-        policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
-        if action_steps:
-            policy = policy.with_sampler(action_steps=action_steps)
-        meta = policy.metadata
-
-        def infer(obs, prefix):
-            return policy.infer(obs, action_prefix=prefix)["actions"]
+        for task in tasks:
+            spec = CheckpointEval(str(checkpoint), task, max_steps=max_steps, replan_every=replan_every,
+                                  rtc_delay=rtc_delay, device=device, action_steps=action_steps)
+            results.append(evaluate_checkpoint(spec, seeds, workers=workers, out_dir=out / task, videos=videos))
     else:
+        if workers != 1:
+            raise ValueError("--workers applies to --checkpoint; a server evaluates one episode at a time")
         from xwam.serve.client import PolicyClient
 
         host, _, port = server.rpartition(":")
@@ -111,22 +115,19 @@ def eval_policy(
                 obs = {**obs, "action_prefix": prefix}
             return client.infer(obs)["actions"]
 
-    acting = [f"re-plan every {replan_every or meta.get('replan_every') or meta['action_horizon'] // 2} of "
-              f"{meta['action_horizon']} actions"]
-    acting += ["integer timesteps"] if meta.get("integer_timesteps") else []
-    acting += [f"centre crop {meta['center_crop']:g}"] if meta.get("center_crop", 1.0) < 1.0 else []
-    print(f"evaluating on {list(tasks)}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}; "
-          + ", ".join(acting))
-    results = []
-    out = Path(out)
-    for task in tasks:
-        res = evaluate(
-            infer, task=task, seeds=seeds, camera_names=meta["camera_names"],
-            image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
-            replan_every=replan_every or meta.get("replan_every"), rtc_delay=rtc_delay, max_steps=max_steps,
-            out_dir=out / task, videos=videos,
-        )
-        results.append(res)
+        acting = [f"re-plan every {replan_every or meta.get('replan_every') or meta['action_horizon'] // 2} of "
+                  f"{meta['action_horizon']} actions"]
+        acting += ["integer timesteps"] if meta.get("integer_timesteps") else []
+        acting += [f"centre crop {meta['center_crop']:g}"] if meta.get("center_crop", 1.0) < 1.0 else []
+        print(f"evaluating {server} on {list(tasks)}, {episodes} episodes each, seeds {seeds[0]}..{seeds[-1]}; "
+              + ", ".join(acting))
+        for task in tasks:
+            results.append(evaluate(
+                infer, task=task, seeds=seeds, camera_names=meta["camera_names"],
+                image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
+                replan_every=replan_every or meta.get("replan_every"), rtc_delay=rtc_delay, max_steps=max_steps,
+                out_dir=out / task, videos=videos,
+            ))
     write_results(out, results)
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")

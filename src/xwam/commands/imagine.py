@@ -71,6 +71,10 @@ def load_policy(checkpoint: str | Path, *, device: str = "cpu", video_steps: int
     from xwam.policy import XWAMPolicy
 
     policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
+    if policy.config.model.depth_kind != "metric":
+        raise ValueError(f"{checkpoint} was trained on {policy.config.model.depth_kind!r} depth (the release's "
+                         "relative 8-bit code, no metric scale): its depth cannot be lifted to metres and point "
+                         "clouds; imagine and eval-4d need a checkpoint trained on metric depth")
     if video_steps:
         # the action grid runs alongside the first video calls, so it cannot be longer (see --video-steps)
         policy = policy.with_sampler(video_steps=video_steps,
@@ -229,9 +233,13 @@ def eval_4d(
     from xwam.geometry.metrics import evaluate_4d
     from xwam.imagine import frozen_present, write_outputs
 
+    dataset = open_dataset(data)
+    if getattr(dataset, "depth_kind", "metric") != "metric":  # release-format data: see xwam.codecs.depth
+        raise ValueError(f"eval-4d scores metric depth lifted to 3D with camera matrices, but {data} holds "
+                         f"{dataset.depth_kind!r} depth (the release's relative 8-bit code, no metric scale) "
+                         f"and no camera matrices; use `xwam diagnose` for its action chunks")
     policy = load_policy(checkpoint, device=device, video_steps=video_steps)
     m = policy.config.model
-    dataset = open_dataset(data)
     selected = _select(episodes, dataset.num_episodes)
     if not selected:
         raise ValueError("no episodes selected")

@@ -8,8 +8,12 @@ For every valid start frame ``t0`` of every episode a clip holds
   step ``t0 + i`` (it moves state ``t0 + i`` to ``t0 + i + 1``).
 
 Episode end: a start is valid when all F video frames exist, i.e. ``t0 <= T - 1 - (F - 1) s``.
-Actions past the episode end are zero-padded and masked out in ``action_mask`` (K, A); with
-``ClipConfig.require_full_actions`` such starts are dropped instead. Dimensions that the
+Actions past the episode's last action are zero-padded and masked out in ``action_mask`` (K, A);
+with ``ClipConfig.require_full_actions`` such starts are dropped instead. The last action is at
+frame ``Episode.meta["action_steps"] - 1`` (default T - 1): release-format delta-mode episodes have
+no action on their last frame (``final_frames_without_action`` = 1 on the dataset). With the release
+clips (9 frames, skip 4, 32 actions) the starts are exactly the release loader's, 0 .. T - 33, and
+every action of a clip is recorded. Dimensions that the
 normalisation statistics mark invalid (padding, e.g. the right arm of single-arm data) are masked
 too. Episodes shorter than one clip contribute nothing.
 
@@ -20,6 +24,8 @@ key                 shape / type               meaning
 ==================  =========================  ================================================
 images              (V, F, 3, H, W) uint8      RGB (float32 in [-1, 1] with image_dtype="float")
 depth               (V, F, H, W) float32       only when every source has depth
+depth_kind          str                        with depth: "metric" (metres) or "codec_unit"
+                                               ([-1, 1], the release's v / 127.5 - 1)
 intrinsics          (V, F, 3, 3) float32       only when every source has camera matrices
 extrinsics          (V, F, 4, 4) float32       camera-to-world, OpenCV axes
 state               (F, S) float32             states at the video frames (raw units)
@@ -55,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from xwam.codecs.depth import check_depth_kind
 from xwam.data.stats import NormStats
 
 
@@ -161,7 +168,7 @@ class ClipDataset(Dataset):
                 T = src.episode_length(e)
                 last = T - cfg.span
                 if cfg.require_full_actions:
-                    last = min(last, T - cfg.action_horizon)
+                    last = min(last, T - getattr(src, "final_frames_without_action", 0) - cfg.action_horizon)
                 index.extend((d, e, t0) for t0 in range(last + 1))
             self.source_counts.append(len(index) - before)
         self.index = np.asarray(index, dtype=np.int64).reshape(-1, 3)
@@ -231,12 +238,15 @@ class ClipDataset(Dataset):
         sample["images"] = images
         if depth is not None:
             sample["depth"] = depth
+            # the processor encodes metres and codec units differently: the kind travels with the depth
+            sample["depth_kind"] = check_depth_kind(
+                ep.meta.get("depth_kind"), f"{getattr(src, 'root', src)} episode {e}")
         if intr is not None:
             sample["intrinsics"], sample["extrinsics"] = intr, extr
         K, T = cfg.action_horizon, ep.length
         A = ep.action.shape[1]
         action = np.zeros((K, A), np.float32)
-        n = min(K, T - t0)
+        n = max(0, min(K, int(ep.meta.get("action_steps", T)) - t0))
         action[:n] = ep.action[t0 : t0 + n]
         mask = np.zeros((K, A), bool)
         mask[:n] = True

@@ -16,7 +16,9 @@ class Episode:
 
     Conventions:
     - ``rgb[cam]``: (T, H, W, 3) uint8, upright.
-    - ``depth[cam]``: (T, H, W) float32 metric depth in metres (z-depth along the optical axis).
+    - ``depth[cam]``: (T, H, W) float32 metric depth in metres (z-depth along the optical axis),
+      unless ``meta["depth_kind"]`` says otherwise (release-format data: ``"codec_unit"``, the codec's
+      [-1, 1] values; see :mod:`xwam.codecs.depth`). Readers always set ``meta["depth_kind"]``.
     - ``intrinsics[cam]``: (T, 3, 3) float pinhole matrices in pixels for the stored resolution.
     - ``extrinsics[cam]``: (T, 4, 4) camera-to-world poses, OpenCV camera axes
       (x right, y down, z forward). Static cameras repeat one pose; wrist cameras move.

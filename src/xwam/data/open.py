@@ -9,7 +9,8 @@ from xwam.data.errors import DatasetError
 
 
 def open_dataset(root: str | Path, **kwargs: Any) -> Any:
-    """A ``LeRobotV3Dataset`` (``meta/info.json``) or a ``ReleaseDataset`` (``metadata.json``)."""
+    """A ``LeRobotV3Dataset`` (``meta/info.json``) or a ``ReleaseDataset`` (``metadata.json`` or
+    ``data/chunk-*/episode_*.json``)."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"dataset not found: {root}")
@@ -17,7 +18,8 @@ def open_dataset(root: str | Path, **kwargs: Any) -> Any:
         from xwam.data.lerobot import LeRobotV3Dataset
 
         return LeRobotV3Dataset(root, **kwargs)
-    if (root / "metadata.json").is_file():
+    # the release's loader finds episodes by this glob when metadata.json is missing
+    if (root / "metadata.json").is_file() or next(root.glob("data/chunk-*/episode_*.json"), None):
         from xwam.data.release import ReleaseDataset
 
         return ReleaseDataset(root, **kwargs)

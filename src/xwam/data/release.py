@@ -1,156 +1,146 @@
-"""Reader for the X-WAM release dataset layout (the X-WAM release), mapped to :class:`Episode`.
+"""Reader for the official X-WAM release's dataset format, mapped to :class:`Episode`.
 
-Layout::
+Layout (what the release's loader, ``RobotDataset``, reads; the fixtures in
+``tests/data/fixtures/release-format`` were checked against that loader)::
 
-    metadata.json                                 {episode_id: num_frames}
-    data/chunk-XXXX/episode_N.json                instructions, per-camera video paths, fps, start/end,
-                                                  proprio (*_ee_pos, *_ee_rotm, *_gripper_pos),
-                                                  actions (same keys, absolute targets), raw_actions?
-    video/<camera>/chunk-XXXX/episode_N.mp4       RGB
-    depth/<camera>/chunk-XXXX/episode_N.mp4       8-bit inverse depth, relative scale
+    metadata.json                                   {"chunk-0000/episode_0000000": num_frames, ...}
+    data/chunk-XXXX/episode_XXXXXXX.json            one JSON per episode (schema below)
+    video/<view>/chunk-XXXX/episode_XXXXXXX.mp4     RGB
+    depth/<view>/chunk-XXXX/episode_XXXXXXX.mp4     8-bit relative inverse depth (grey)
 
-No release data is available to check against, so the JSON field names below are the most plausible
-reading of the layout. Every name lives in :data:`FIELDS` (alternatives tried in order) so a mismatch
-with real files is a one-line fix. Assumptions where the layout leaves details open:
+Episodes: the keys of ``metadata.json`` in file order (a key is the JSON's path under ``data/``
+without ``.json``); without ``metadata.json`` the glob ``data/chunk-*/episode_*.json`` in sorted
+order. The release's loader writes a missing ``metadata.json``; we never write into a dataset.
+No chunk size is known, so no path is ever computed: JSONs come from the keys, videos from the JSONs.
 
-- episode ids in metadata.json are ``N``, ``episode_N`` or ``chunk-XXXX/episode_N``; the JSON file is
-  ``data/chunk-{N // 1000:04d}/episode_N.json`` (found by search when not there);
-- proprio/action arrays and videos cover the whole recording and ``[start, end)`` selects the
-  episode (when the arrays already have ``end - start`` rows they are taken as they are);
-- ``videos`` maps camera -> {"rgb": path, "depth": path} relative to the dataset root; when absent
-  the paths are derived from the camera list (``cameras``) with the layout above;
-- arms are found from the ``<arm>_ee_pos`` keys: ``left``/``right`` fill the left/right slots, a
-  single arm of any name fills the left slot and the right slots stay zero;
-- ``*_gripper_pos`` with several columns (one per finger) is averaged to one value.
+Episode JSON fields read:
 
-Mapping: state per arm [xyz, quaternion wxyz (w >= 0) from the rotation matrix, gripper] for (left,
-right) = 16-d. Action per arm (14-d): [target xyz - state xyz, axis-angle of R_target R_state^T,
-target gripper - state gripper], unless ``raw_actions`` is given, which is used as it is. Depth is
-returned as relative inverse depth in [0, 1] (``meta["depth_kind"] = "inverse_relative"``), not
-metres; views are ordered by sorted camera name.
+- ``num_frames`` (T); ``instructions`` (non-empty list of strings; all are kept in
+  ``Episode.meta["instructions"]``, the first is ``Episode.task``; clips draw one per sample, as the
+  release does);
+- ``observations.<view>``: ``type`` (``static`` / ``dynamic``), ``rgb_path``, ``depth_path`` (relative
+  to the root or absolute), ``start`` (default 0: MP4 frame of episode frame 0), ``end`` (exclusive
+  bound on MP4 frames, default start + T), ``fps`` (required, equal across views). Views are used in
+  sorted-name order;
+- ``proprios.<arm>_ee_pos`` (T x 3), ``<arm>_ee_rotm`` (T x 9 row-major, also T x 3 x 3 or T x 3
+  rotation vectors), ``<arm>_gripper_pos`` (T x 1 or T) for ``<arm>`` in (left, right);
+- ``actions.raw_actions`` (T x 7 per arm; raw mode) or else ``actions.<arm>_ee_pos`` /
+  ``<arm>_ee_rotm`` (delta mode). ``actions.<arm>_gripper_pos`` is never read (nor by the release).
+
+State (16-d, the release's ``proprios``): per arm [xyz, quaternion w, x, y, z made canonical
+(w >= 0), gripper], left then right; an absent arm is zero (its dims are invalid in the statistics).
+
+Action (14-d) per arm [dxyz, rotation vector, gripper], left then right:
+
+- raw mode (``actions.raw_actions`` present, RoboCasa): raw columns 0-5 as they are and the gripper
+  is *minus* column 6 (RoboCasa commands -1 = open; negated, +1 = open like the state gripper);
+  arms = width // 7. The release trains this gripper un-normalised, so our statistics give it the
+  bound 1 (:func:`norm_stats_from_release`);
+- delta mode (RoboTwin): dxyz = actions.ee_pos[t] - proprios.ee_pos[t] (base frame), rotation
+  vector of R_action[t] R_proprio[t]^T (a base-frame delta), gripper = proprio_gripper[t + 1] -
+  proprio_gripper[t] (a future state difference; action_skip 1, as in both release configs). The
+  last frame has no action: its row is zero and ``Episode.meta["action_steps"] = T - 1`` so clips
+  never use it (with the release's 9 frames, skip 4 and 32 actions, starts 0 .. T - 33 never reach
+  it anyway).
+
+Episodes store these un-normalised; :class:`~xwam.data.stats.NormStats` normalises (state
+``2 (x - q01) / (q99 - q01) - 1`` except quaternions, action ``x / max(|q01|, |q99|)``, the release's
+formulas given its symmetric action bounds).
+
+Depth: decoded as RGB24 (what the release's decord decode returns; a grey video gives R = G = B),
+channel 0, mapped to ``v / 127.5 - 1`` in [-1, 1] (near bright = +1), never to metres:
+``Episode.meta["depth_kind"] = "codec_unit"`` (see :mod:`xwam.codecs.depth`).
+
+Statistics: :func:`release_statistics` computes q01/q99 as the release's statistics script does,
+in its key schema; :func:`read_release_statistics` reads them from the release's YAML files;
+:func:`norm_stats_from_release` turns them into our NormStats.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from xwam.codecs.depth import DEPTH_KIND_CODEC_UNIT, release_depth_code_to_unit
 from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names
 from xwam.data.video import decode_frames
 
-# JSON field names (first match wins). Keep every layout assumption here.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "instructions": ("instructions", "instruction", "tasks", "task", "language_instruction"),
-    "fps": ("fps", "frame_rate"),
-    "start": ("start", "start_frame", "start_idx"),
-    "end": ("end", "end_frame", "end_idx"),
-    "videos": ("videos", "cameras", "views"),
-    "rgb": ("rgb", "video", "rgb_path", "video_path"),
-    "depth": ("depth", "depth_path"),
-    "proprio": ("proprio", "observation", "state", "states"),
-    "actions": ("actions", "action"),
-    "raw_actions": ("raw_actions",),
-    "camera_list": ("camera_names", "cameras"),
-}
-POS_SUFFIX, ROTM_SUFFIX, GRIPPER_SUFFIX = "_ee_pos", "_ee_rotm", "_gripper_pos"
-ARM_SLOTS = ("left", "right")
-CHUNK_SIZE = 1000
-
-
-def _field(data: dict[str, Any], name: str, where: str, required: bool = True) -> Any:
-    for key in FIELDS[name]:
-        if key in data:
-            return data[key]
-    if required:
-        raise DatasetError(f"{where}: field {name!r} missing (looked for {list(FIELDS[name])})")
-    return None
+ARMS = ("left", "right")
+VIEW_TYPES = {"static": 0, "dynamic": 1}  # the release's camera_type_mask values
+STATE_DIM, ACTION_DIM = 16, 14
+ARM_STATE, ARM_ACTION = 8, 7
+EPISODE_GLOB = "data/chunk-*/episode_*.json"
+JSON_CACHE_SIZE = 64
 
 
 # ---------------------------------------------------------------------------------------------
-# rotations (numpy, batched)
+# rotations (scipy, as the release)
 # ---------------------------------------------------------------------------------------------
-def quat_wxyz_from_matrix(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions wxyz with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
-    # Squared magnitudes of each component; the largest is computed from the diagonal and the
-    # rest from off-diagonal terms, which is accurate for every rotation (Shepperd's method).
-    cands = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    best = np.argmax(cands, -1)
-    q = np.zeros(R.shape[:-2] + (4,))
-    s = np.sqrt(np.maximum(np.take_along_axis(cands, best[..., None], -1)[..., 0], 1e-12)) * 2  # 4 * |q_best|
-    r10_01, r02_20, r21_12 = (
-        R[..., 1, 0] - R[..., 0, 1],
-        R[..., 0, 2] - R[..., 2, 0],
-        R[..., 2, 1] - R[..., 1, 2],
-    )
-    p10_01, p02_20, p21_12 = (
-        R[..., 1, 0] + R[..., 0, 1],
-        R[..., 0, 2] + R[..., 2, 0],
-        R[..., 2, 1] + R[..., 1, 2],
-    )
-    options = [
-        np.stack([s / 4, r21_12 / s, r02_20 / s, r10_01 / s], -1),
-        np.stack([r21_12 / s, s / 4, p10_01 / s, p02_20 / s], -1),
-        np.stack([r02_20 / s, p10_01 / s, s / 4, p21_12 / s], -1),
-        np.stack([r10_01 / s, p02_20 / s, p21_12 / s, s / 4], -1),
-    ]
-    for k in range(4):
-        q = np.where((best == k)[..., None], options[k], q)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
+def rotations_from_field(values: Any, where: str) -> Rotation:
+    """A T x 9 (row-major), T x 3 x 3 or T x 3 (rotation vector) field -> T rotations."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 2 and array.shape[1] == 9:
+        return Rotation.from_matrix(array.reshape(-1, 3, 3))
+    if array.ndim == 3 and array.shape[1:] == (3, 3):
+        return Rotation.from_matrix(array)
+    if array.ndim == 2 and array.shape[1] == 3:
+        return Rotation.from_rotvec(array)
+    raise DatasetError(f"{where}: expected T x 9, T x 3 x 3 or T x 3 values, got shape {array.shape}")
 
 
-def axis_angle_from_matrix(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 3) rotation vectors (axis * angle, angle in [0, pi])."""
-    q = quat_wxyz_from_matrix(R)
-    w, v = q[..., 0], q[..., 1:]
-    norm = np.linalg.norm(v, axis=-1)
-    angle = 2 * np.arctan2(norm, w)
-    # angle / sin(angle / 2) -> 2 as the angle -> 0
-    scale = np.where(norm > 1e-12, angle / np.maximum(norm, 1e-12), 2.0)
-    return v * scale[..., None]
+def canonical_quat_wxyz(rotations: Rotation) -> np.ndarray:
+    """(T, 4) quaternions w, x, y, z with w >= 0 (negated when w < 0; w = 0 left as it is)."""
+    q = rotations.as_quat()[:, [3, 0, 1, 2]]
+    return np.where(q[:, :1] < 0, -q, q)
+
+
+def rotation_delta_vectors(target: Rotation, current: Rotation) -> np.ndarray:
+    """(T, 3) rotation vectors of ``R_target R_current^T`` (angle in [0, pi]), the release's action rotation."""
+    return (target * current.inv()).as_rotvec()
 
 
 # ---------------------------------------------------------------------------------------------
-# dataset
+# the dataset
 # ---------------------------------------------------------------------------------------------
 class ReleaseDataset:
-    """The release layout as Episodes, with the same interface as ``LeRobotV3Dataset``."""
+    """A release-format dataset as Episodes, with the interface of ``LeRobotV3Dataset``.
+
+    ``depth_kind`` is ``"codec_unit"``: depth comes back in the codec's [-1, 1] units, not metres.
+    ``camera_types`` holds each view's type (``static`` / ``dynamic``) in view order.
+    """
+
+    depth_kind = DEPTH_KIND_CODEC_UNIT
 
     def __init__(self, root: str | Path, *, cache_size: int = 8, load_depth: bool = True) -> None:
         self.root = Path(root)
-        meta_path = self.root / "metadata.json"
-        if not meta_path.is_file():
-            raise DatasetError(f"not a release dataset: {meta_path} is missing")
-        try:
-            metadata = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from exc
-        if not isinstance(metadata, dict) or not metadata:
-            raise DatasetError(f"{meta_path}: expected a non-empty {{episode_id: num_frames}} object")
-        self.episode_ids = sorted(metadata, key=lambda k: (_episode_number(k, meta_path), k))
-        self.lengths = {k: int(v) for k, v in metadata.items()}
+        if not (self.root / "data").is_dir():
+            raise DatasetError(f"not a release dataset: {self.root / 'data'} is missing")
+        self.episode_ids, self.lengths = _episode_index(self.root)
         self.load_depth = load_depth
         self.cache_size = cache_size
         self._cache = EpisodeCache(self.cache_size)
         self._json_cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
-        first = self._episode_json(0)
-        self.camera_names = sorted(self._videos(first, self._json_path(0)).keys())
-        self.fps = float(_field(first, "fps", str(self._json_path(0))))
-        self.has_depth = all(v.get("depth") for v in self._videos(first, self._json_path(0)).values())
+        views = self._views(0)
+        self.camera_names = list(views)
+        self.camera_types = [v["type"] for v in views.values()]
+        self.fps = _common_fps(views, self._where(0))
+        self.has_depth = True  # depth_path is required for every view
         self.has_intrinsics = self.has_extrinsics = False
-        self.state_names = default_state_names(16)
-        raw = _field(first, "raw_actions", "", required=False)
-        self.action_names = default_action_names(np.asarray(raw).shape[-1] if raw is not None else 14)
+        self.action_mode = "raw" if "raw_actions" in self._block(0, "actions") else "delta"
+        # delta-mode episodes have no action on their last frame (see the module doc)
+        self.final_frames_without_action = 1 if self.action_mode == "delta" else 0
+        self.state_names = default_state_names(STATE_DIM)
+        self.action_names = default_action_names(ACTION_DIM)
 
+    # ---- index --------------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
         return len(self.episode_ids)
@@ -159,156 +149,173 @@ class ReleaseDataset:
         return self.num_episodes
 
     def episode_length(self, i: int) -> int:
-        data = self._episode_json(i)
-        where = str(self._json_path(i))
-        start = int(_field(data, "start", where, required=False) or 0)
-        end = _field(data, "end", where, required=False)
-        return (int(end) - start) if end is not None else self.lengths[self.episode_ids[i]]
+        return self.lengths[self._check_index(i)]
 
     def episode_task(self, i: int) -> str:
         return self._instructions(i)[0]
 
-    def _instructions(self, i: int) -> list[str]:
-        value = _field(self._episode_json(i), "instructions", str(self._json_path(i)))
-        items = [value] if isinstance(value, str) else list(value)
-        if not items:
-            raise DatasetError(f"{self._json_path(i)}: empty instruction list")
-        return [str(x) for x in items]
-
-    # ---- files --------------------------------------------------------------------------------
-    def _json_path(self, i: int) -> Path:
-        n = _episode_number(self.episode_ids[i], self.root / "metadata.json")
-        path = self.root / "data" / f"chunk-{n // CHUNK_SIZE:04d}" / f"episode_{n}.json"
-        if not path.is_file():
-            found = sorted((self.root / "data").glob(f"chunk-*/episode_{n}.json"))
-            if not found:
-                raise DatasetError(f"episode {self.episode_ids[i]}: file missing: {path}")
-            path = found[0]
-        return path
-
-    def _episode_json(self, i: int) -> dict[str, Any]:
+    def _check_index(self, i: int) -> int:
         if not 0 <= i < self.num_episodes:
             raise IndexError(f"episode {i} out of range [0, {self.num_episodes}) in {self.root}")
+        return i
+
+    # ---- episode JSON -------------------------------------------------------------------------
+    def json_path(self, i: int) -> Path:
+        """``data/<key>.json``, as the release's loader opens it."""
+        return self.root / "data" / f"{self.episode_ids[self._check_index(i)]}.json"
+
+    def _where(self, i: int) -> str:
+        return f"{self.json_path(i)} (episode {self.episode_ids[i]})"
+
+    def _episode_json(self, i: int) -> dict[str, Any]:
+        self._check_index(i)
         if i in self._json_cache:
+            self._json_cache.move_to_end(i)
             return self._json_cache[i]
-        path = self._json_path(i)
+        path = self.json_path(i)
+        if not path.is_file():
+            raise DatasetError(f"episode {self.episode_ids[i]}: file missing: {path}")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path} (episode {self.episode_ids[i]}) is not valid JSON: {exc}") from exc
+            raise DatasetError(f"{self._where(i)} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DatasetError(f"{self._where(i)}: expected a JSON object, got {type(data).__name__}")
         self._json_cache[i] = data
-        while len(self._json_cache) > 64:
+        while len(self._json_cache) > JSON_CACHE_SIZE:
             self._json_cache.popitem(last=False)
         return data
 
-    def _videos(self, data: dict[str, Any], where: Path) -> dict[str, dict[str, str]]:
-        videos = _field(data, "videos", str(where), required=False)
-        n = _episode_number(where.stem, where)
-        chunk = where.parent.name
-        if videos is None:
-            cams = _field(data, "camera_list", str(where))
-            return {
-                c: {
-                    "rgb": f"video/{c}/{chunk}/episode_{n}.mp4",
-                    "depth": f"depth/{c}/{chunk}/episode_{n}.mp4",
-                }
-                for c in cams
-            }
-        out = {}
-        for cam, entry in videos.items():
-            if isinstance(entry, str):
-                entry = {"rgb": entry}
-            out[cam] = {
-                "rgb": _field(entry, "rgb", f"{where} camera {cam!r}"),
-                "depth": _field(entry, "depth", f"{where} camera {cam!r}", required=False),
-            }
-        return out
+    def _block(self, i: int, name: str) -> dict[str, Any]:
+        block = self._episode_json(i).get(name)
+        if not isinstance(block, dict):
+            raise DatasetError(f"{self._where(i)}: field {name!r} missing or not an object")
+        return block
 
-    # ---- episodes -------------------------------------------------------------------------------
-    def _arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-        data = self._episode_json(i)
-        where = f"{self._json_path(i)} (episode {self.episode_ids[i]})"
-        start = int(_field(data, "start", where, required=False) or 0)
-        end = _field(data, "end", where, required=False)
-        proprio = _field(data, "proprio", where)
-        pos, rot, grip = _arms(proprio, where, "proprio")
-        total = pos.shape[1]
-        end = int(end) if end is not None else total
-        T = end - start
-        lo, hi = (start, end) if total >= end else (0, total)  # arrays may already be cut to the episode
-        if hi - lo != T:
-            raise DatasetError(f"{where}: proprio has {total} rows, cannot take frames [{start}, {end})")
-        pos, rot, grip = pos[:, lo:hi], rot[:, lo:hi], grip[:, lo:hi]
-        state = np.zeros((T, 16), np.float32)
-        for arm in range(pos.shape[0]):
-            state[:, 8 * arm : 8 * arm + 3] = pos[arm]
-            state[:, 8 * arm + 3 : 8 * arm + 7] = quat_wxyz_from_matrix(rot[arm])
-            state[:, 8 * arm + 7] = grip[arm]
-        raw = _field(data, "raw_actions", where, required=False)
-        if raw is not None:
-            raw = np.asarray(raw, np.float32)
-            raw = raw[lo:hi] if len(raw) >= hi else raw
-            if len(raw) != T:
-                raise DatasetError(f"{where}: raw_actions has {len(raw)} rows, expected {T}")
-            action = raw.reshape(T, -1)
+    def _instructions(self, i: int) -> list[str]:
+        value = self._episode_json(i).get("instructions")
+        if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+            raise DatasetError(f"{self._where(i)}: field 'instructions' must be a non-empty list of strings")
+        kept = [x for x in value if x.strip()]
+        if not kept:
+            raise DatasetError(f"{self._where(i)}: field 'instructions' holds only empty strings")
+        return kept
+
+    def _views(self, i: int) -> dict[str, dict[str, Any]]:
+        """Views in sorted-name order, each with type, rgb_path, depth_path, start, end (or None), fps."""
+        where = self._where(i)
+        block = self._block(i, "observations")
+        if not block:
+            raise DatasetError(f"{where}: field 'observations' is empty")
+        views = {}
+        for name in sorted(block):
+            entry, field = block[name], f"observations.{name}"
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{where}: field {field!r} must be an object")
+            for key in ("type", "rgb_path", "depth_path", "fps"):
+                if key not in entry:
+                    raise DatasetError(f"{where}: field '{field}.{key}' missing")
+            if entry["type"] not in VIEW_TYPES:
+                raise DatasetError(f"{where}: field '{field}.type' is {entry['type']!r}; expected "
+                                   f"{' or '.join(map(repr, VIEW_TYPES))}")
+            start, end = entry.get("start", 0), entry.get("end")
+            if not _is_int(start) or start < 0 or (end is not None and not _is_int(end)):
+                raise DatasetError(f"{where}: fields '{field}.start' / '.end' must be non-negative integers, "
+                                   f"got {start!r} / {end!r}")
+            fps = entry["fps"]
+            if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+                raise DatasetError(f"{where}: field '{field}.fps' must be a positive number, got {fps!r}")
+            views[name] = {"type": entry["type"], "rgb_path": entry["rgb_path"], "depth_path": entry["depth_path"],
+                           "start": int(start), "end": None if end is None else int(end), "fps": float(fps)}
+        return views
+
+    # ---- numbers ------------------------------------------------------------------------------
+    def _num_frames(self, i: int) -> int:
+        data, where = self._episode_json(i), self._where(i)
+        T = data.get("num_frames", self.lengths[i])
+        if not _is_int(T) or T < 1:
+            raise DatasetError(f"{where}: field 'num_frames' must be a positive integer, got {T!r}")
+        if T != self.lengths[i]:
+            raise DatasetError(f"{where}: field 'num_frames' is {T} but metadata.json says {self.lengths[i]}")
+        return int(T)
+
+    def signals(self, i: int) -> dict[str, Any]:
+        """Episode ``i``'s robot signals in float64, as stored: ``proprio[arm]`` = (pos (T, 3),
+        rotations, gripper (T,)) for each arm present; ``raw`` = raw_actions (T, 7 k) or None;
+        ``target[arm]`` = (pos, rotations) of delta-mode actions (empty in raw mode)."""
+        where, T = self._where(i), self._num_frames(i)
+        proprios, actions = self._block(i, "proprios"), self._block(i, "actions")
+        proprio = {}
+        for arm in ARMS:
+            keys = [f"{arm}_ee_pos", f"{arm}_ee_rotm", f"{arm}_gripper_pos"]
+            present = [k for k in keys if k in proprios]
+            if not present:
+                continue
+            if len(present) < 3:
+                missing = [k for k in keys if k not in proprios]
+                raise DatasetError(f"{where}: field 'proprios.{missing[0]}' missing (arm {arm!r} has {present})")
+            proprio[arm] = (
+                _rows(proprios[keys[0]], 3, T, f"{where}: field 'proprios.{keys[0]}'"),
+                _rotations(proprios[keys[1]], T, f"{where}: field 'proprios.{keys[1]}'"),
+                _rows(proprios[keys[2]], 1, T, f"{where}: field 'proprios.{keys[2]}'")[:, 0],
+            )
+        if not proprio:
+            raise DatasetError(f"{where}: 'proprios' has no arm (expected left_ee_pos/_ee_rotm/_gripper_pos, "
+                               f"and right_* for two arms)")
+        raw, target = None, {}
+        if "raw_actions" in actions:
+            raw = np.asarray(actions["raw_actions"], dtype=np.float64) if _numeric(actions["raw_actions"]) else None
+            field = f"{where}: field 'actions.raw_actions'"
+            if raw is None or raw.ndim != 2 or raw.shape[0] != T or raw.shape[1] not in (ARM_ACTION, 2 * ARM_ACTION):
+                shape = None if raw is None else raw.shape
+                raise DatasetError(f"{field}: expected {T} x 7 (one arm) or {T} x 14 (two arms), got {shape}")
         else:
-            tpos, trot, tgrip = _arms(_field(data, "actions", where), where, "actions")
-            if tpos.shape[0] != pos.shape[0]:
-                raise DatasetError(
-                    f"{where}: actions have {tpos.shape[0]} arms but proprio has {pos.shape[0]}"
+            for arm in proprio:
+                for key in (f"{arm}_ee_pos", f"{arm}_ee_rotm"):
+                    if key not in actions:
+                        raise DatasetError(f"{where}: field 'actions.{key}' missing (delta mode: no raw_actions)")
+                target[arm] = (
+                    _rows(actions[f"{arm}_ee_pos"], 3, T, f"{where}: field 'actions.{arm}_ee_pos'"),
+                    _rotations(actions[f"{arm}_ee_rotm"], T, f"{where}: field 'actions.{arm}_ee_rotm'"),
                 )
-            if tpos.shape[1] < hi:
-                raise DatasetError(f"{where}: actions have {tpos.shape[1]} rows, expected at least {hi}")
-            tpos, trot, tgrip = tpos[:, lo:hi], trot[:, lo:hi], tgrip[:, lo:hi]
-            action = np.zeros((T, 14), np.float32)
-            for arm in range(pos.shape[0]):
-                action[:, 7 * arm : 7 * arm + 3] = tpos[arm] - pos[arm]
-                delta = trot[arm] @ np.swapaxes(rot[arm], -1, -2)  # R_target R_state^T
-                action[:, 7 * arm + 3 : 7 * arm + 6] = axis_angle_from_matrix(delta)
-                action[:, 7 * arm + 6] = tgrip[arm] - grip[arm]
-        return state, action, start, end
+        return {"T": T, "proprio": proprio, "raw": raw, "target": target}
 
     def episode_numeric(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        state, action, _, _ = self._arrays(i)
+        """(T, 16) states and (T, 14) actions, un-normalised float32 (see the module doc)."""
+        state, action, _ = _state_action(self.signals(i))
         return state, action
 
+    def episode_action_steps(self, i: int) -> int:
+        """How many leading frames of episode ``i`` carry an action (T, or T - 1 in delta mode)."""
+        return _state_action(self.signals(i))[2]
+
+    # ---- episodes -----------------------------------------------------------------------------
     def episode(self, i: int, *, load_depth: bool | None = None) -> Episode:
         want_depth = self.has_depth and (self.load_depth if load_depth is None else load_depth)
         key = (i, want_depth)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        data = self._episode_json(i)
-        json_path = self._json_path(i)
-        eid = self.episode_ids[i]
-        state, action, start, end = self._arrays(i)
-        T = end - start
-        fps = float(_field(data, "fps", str(json_path), required=False) or self.fps)
-        videos = self._videos(data, json_path)
-        missing = [c for c in self.camera_names if c not in videos]
-        if missing:
-            raise DatasetError(f"{json_path} (episode {eid}): camera(s) {missing} missing")
+        where = self._where(i)
+        signals = self.signals(i)
+        state, action, action_steps = _state_action(signals)
+        T = signals["T"]
+        views = self._views(i)
+        if list(views) != self.camera_names:
+            raise DatasetError(f"{where}: views {list(views)} differ from the dataset's {self.camera_names}")
+        fps = _common_fps(views, where)
         rgb, depth = {}, ({} if want_depth else None)
-        for cam in self.camera_names:
-            rgb[cam] = decode_frames(
-                self.root / videos[cam]["rgb"], fps=fps, first_index=start, count=T, kind="rgb", episode=i
-            )
+        for name, view in views.items():
+            end = view["start"] + T if view["end"] is None else view["end"]
+            if view["start"] + T > end:
+                raise DatasetError(
+                    f"{where}: view {name!r} needs MP4 frames {view['start']} .. {view['start'] + T - 1} for "
+                    f"{T} episode frames, beyond its 'end' {end}"
+                )
+            rgb[name] = self._decode(i, view["rgb_path"], view, T, fps)
             if depth is not None:
-                if not videos[cam].get("depth"):
-                    raise DatasetError(f"{json_path} (episode {eid}): camera {cam!r} has no depth video")
-                frames = decode_frames(
-                    self.root / videos[cam]["depth"],
-                    fps=fps,
-                    first_index=start,
-                    count=T,
-                    kind="depth",
-                    episode=i,
-                )
-                depth[cam] = (
-                    (frames.astype(np.float32) / 255.0)
-                    if frames.dtype == np.uint8
-                    else (frames.astype(np.float32) / 65535.0)
-                )
+                # RGB24, as the release's decord returns it; its grey channels are equal: take R
+                depth[name] = release_depth_code_to_unit(self._decode(i, view["depth_path"], view, T, fps)[..., 0])
         instructions = self._instructions(i)
         ep = Episode(
             task=instructions[0],
@@ -320,66 +327,360 @@ class ReleaseDataset:
             depth=depth,
             meta={
                 "episode_index": i,
-                "episode_id": eid,
+                "episode_id": self.episode_ids[i],
                 "instructions": instructions,
                 "source": str(self.root),
-                "depth_kind": "inverse_relative",
+                "depth_kind": DEPTH_KIND_CODEC_UNIT,
+                "camera_types": [v["type"] for v in views.values()],
+                "action_mode": "raw" if signals["raw"] is not None else "delta",
+                "action_steps": action_steps,
             },
         )
         try:
             ep.validate()
         except ValueError as exc:
-            raise DatasetError(f"{json_path} (episode {eid}): {exc}") from exc
+            raise DatasetError(f"{where}: {exc}") from exc
         self._cache.put(key, ep)
         return ep
+
+    def _decode(self, i: int, rel_path: str, view: dict[str, Any], T: int, fps: float) -> np.ndarray:
+        path = Path(rel_path) if Path(rel_path).is_absolute() else self.root / rel_path
+        return decode_frames(path, fps=fps, first_index=view["start"], count=T, kind="rgb", episode=i)
 
     def set_cache(self, max_episodes: int, max_bytes: int | None = None) -> None:
         """Bound the decoded-episode cache by a count and, optionally, by bytes."""
         self.cache_size = max(0, int(max_episodes))
         self._cache.resize(self.cache_size, max_bytes)
 
+    def compute_norm_stats(self) -> Any:
+        """Our NormStats from the statistics the release's script would compute on this dataset (raw
+        mode keeps the gripper action un-normalised); :func:`xwam.data.stats.compute_norm_stats` uses it."""
+        return norm_stats_from_release(release_statistics(self), raw_gripper=self.action_mode == "raw")
+
     def __repr__(self) -> str:
         return (
             f"ReleaseDataset({str(self.root)!r}, episodes={self.num_episodes}, fps={self.fps:g}, "
-            f"cameras={self.camera_names}, depth={self.has_depth})"
+            f"cameras={self.camera_names}, actions={self.action_mode}, depth={self.depth_kind})"
         )
 
 
-def _episode_number(episode_id: str, where: Path) -> int:
-    match = re.search(r"(\d+)$", str(episode_id))
-    if not match:
-        raise DatasetError(f"{where}: cannot read an episode number from id {episode_id!r}")
-    return int(match.group(1))
-
-
-def _arms(block: dict[str, Any], where: str, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(arms, T, 3) positions, (arms, T, 3, 3) rotations, (arms, T) gripper in slot order."""
-    if not isinstance(block, dict):
-        raise DatasetError(f"{where}: {what} must be an object of *_ee_pos/*_ee_rotm/*_gripper_pos arrays")
-    prefixes = sorted(k[: -len(POS_SUFFIX)] for k in block if k.endswith(POS_SUFFIX))
-    if not prefixes:
-        raise DatasetError(f"{where}: {what} has no '*{POS_SUFFIX}' key")
-    if set(prefixes) >= set(ARM_SLOTS):
-        prefixes = list(ARM_SLOTS)
-    elif len(prefixes) > 2:
-        raise DatasetError(f"{where}: {what} has more than two arms: {prefixes}")
-    pos, rot, grip = [], [], []
-    for p in prefixes:
+def _episode_index(root: Path) -> tuple[list[str], list[int]]:
+    """Episode keys and lengths: ``metadata.json`` (file order), else the loader's glob (sorted)."""
+    meta_path = root / "metadata.json"
+    if meta_path.is_file():
         try:
-            P = np.asarray(block[p + POS_SUFFIX], np.float64)
-            R = np.asarray(block[p + ROTM_SUFFIX], np.float64)
-            G = np.asarray(block[p + GRIPPER_SUFFIX], np.float64)
-        except KeyError as exc:
-            raise DatasetError(f"{where}: {what} key {exc.args[0]!r} missing") from exc
-        T = len(P)
-        if P.shape != (T, 3) or R.reshape(T, -1).shape[1] != 9 or len(G) != T:
-            raise DatasetError(
-                f"{where}: {what} arm {p!r}: shapes pos {P.shape}, rotm {R.shape}, gripper {G.shape} "
-                f"disagree (expected ({T}, 3), ({T}, 3, 3), ({T},))"
-            )
-        pos.append(P)
-        rot.append(R.reshape(T, 3, 3))
-        grip.append(G.reshape(T, -1).mean(1))
-    if len({len(p) for p in pos}) != 1:
-        raise DatasetError(f"{where}: {what} arms have different lengths")
-    return np.stack(pos), np.stack(rot), np.stack(grip)
+            metadata = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from exc
+        if not isinstance(metadata, dict) or not metadata:
+            raise DatasetError(f"{meta_path}: expected a non-empty {{episode key: num_frames}} object")
+        bad = [k for k, v in metadata.items() if not _is_int(v) or v < 1]
+        if bad:
+            raise DatasetError(f"{meta_path}: episode {bad[0]!r} has {metadata[bad[0]]!r} frames, "
+                               f"expected a positive integer")
+        return list(metadata), [int(v) for v in metadata.values()]
+    paths = sorted(root.glob(EPISODE_GLOB))
+    if not paths:
+        raise DatasetError(f"{root}: no metadata.json and no episode JSON matches {EPISODE_GLOB}")
+    keys, lengths = [], []
+    for path in paths:
+        try:
+            T = json.loads(path.read_text()).get("num_frames")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise DatasetError(f"{path} is not a valid episode JSON: {exc}") from exc
+        if not _is_int(T) or T < 1:
+            raise DatasetError(f"{path}: field 'num_frames' must be a positive integer, got {T!r}")
+        keys.append(path.relative_to(root / "data").with_suffix("").as_posix())
+        lengths.append(int(T))
+    return keys, lengths
+
+
+def _common_fps(views: dict[str, dict[str, Any]], where: str) -> float:
+    rates = {name: v["fps"] for name, v in views.items()}
+    if len(set(rates.values())) != 1:
+        raise DatasetError(f"{where}: views disagree on 'fps': {rates}")
+    return next(iter(rates.values()))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _numeric(values: Any) -> bool:
+    try:
+        np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _rows(values: Any, width: int, T: int, where: str) -> np.ndarray:
+    """A (T, width) float64 array from T x width values (or a flat list of T * width, as the release
+    reshapes; T values when width is 1)."""
+    if not _numeric(values):
+        raise DatasetError(f"{where}: not a numeric array")
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1 and array.size == T * width:
+        array = array.reshape(T, width)
+    if array.shape != (T, width):
+        raise DatasetError(f"{where}: expected {T} x {width} values, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DatasetError(f"{where}: holds non-finite values")
+    return array
+
+
+def _rotations(values: Any, T: int, where: str) -> Rotation:
+    if not _numeric(values):
+        raise DatasetError(f"{where}: not a numeric array")
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) != T:
+        raise DatasetError(f"{where}: expected {T} rows, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DatasetError(f"{where}: holds non-finite values")
+    try:
+        return rotations_from_field(array, where)
+    except ValueError as exc:  # scipy: not a rotation (e.g. a zero matrix)
+        raise DatasetError(f"{where}: {exc}") from exc
+
+
+def _state_action(signals: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(T, 16) states, (T, 14) actions (float32, un-normalised) and the number of frames with an action."""
+    T = signals["T"]
+    state = np.zeros((T, STATE_DIM))
+    for slot, arm in enumerate(ARMS):
+        if arm in signals["proprio"]:
+            pos, rot, grip = signals["proprio"][arm]
+            s = slot * ARM_STATE
+            state[:, s : s + 3], state[:, s + 3 : s + 7], state[:, s + 7] = pos, canonical_quat_wxyz(rot), grip
+    action = np.zeros((T, ACTION_DIM))
+    raw = signals["raw"]
+    if raw is not None:
+        for slot in range(raw.shape[1] // ARM_ACTION):
+            cols = raw[:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
+            a = slot * ARM_ACTION
+            action[:, a : a + 6] = cols[:, :6]
+            action[:, a + 6] = -cols[:, 6]  # RoboCasa: -1 = open; negated, +1 = open like the state
+        steps = T
+    else:
+        for slot, arm in enumerate(ARMS):
+            if arm not in signals["target"]:
+                continue
+            (pos, rot, grip), (tpos, trot) = signals["proprio"][arm], signals["target"][arm]
+            a = slot * ARM_ACTION
+            action[: T - 1, a : a + 3] = (tpos - pos)[: T - 1]
+            action[: T - 1, a + 3 : a + 6] = rotation_delta_vectors(trot, rot)[: T - 1]
+            action[: T - 1, a + 6] = np.diff(grip)  # gripper[t + 1] - gripper[t]: the last frame has none
+        steps = T - 1
+    return state.astype(np.float32), action.astype(np.float32), steps
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics in the release's schema
+# ---------------------------------------------------------------------------------------------
+STATIC_THRESHOLD = 0.01  # the release's compute_stats.py --static-threshold default
+
+
+def release_key_lengths() -> dict[str, int]:
+    """Every statistics key of the release schema and its length."""
+    lengths = {}
+    for arm in ARMS:
+        lengths.update({f"proprio_{arm}_ee_xyz": 3, f"action_{arm}_ee_xyz": 3, f"action_{arm}_ee_axisangle": 3})
+    lengths.update({"gripper_pos": 1, "gripper_action": 1})
+    return lengths
+
+
+def _quantiles(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # numpy's default linear interpolation in float64, per axis, as the release's script
+    q01, q99 = np.quantile(np.asarray(values, np.float64), [0.01, 0.99], axis=0)
+    return np.atleast_1d(q01), np.atleast_1d(q99)
+
+
+def _symmetric(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q01, q99 = _quantiles(values)
+    bound = np.maximum(np.abs(q01), np.abs(q99))
+    return -bound, bound
+
+
+def release_statistics(dataset: ReleaseDataset, static_threshold: float = STATIC_THRESHOLD) -> dict[str, Any]:
+    """q01/q99 over every episode as the release's statistics script (compute_stats.py) computes them.
+
+    Returns ``{"q01": {key: [floats]}, "q99": {...}}`` (the script's output file, without a
+    ``statistics:`` wrapper). Per arm present: ``proprio_<arm>_ee_xyz`` (quantiles of the proprio
+    positions), ``action_<arm>_ee_xyz`` / ``_axisangle`` (raw mode: raw columns 0-2 / 3-5; delta mode:
+    the deltas of the module doc for every frame, the last frame included since it has its own
+    target), made symmetric (q01 = -M, q99 = M, M = max(|q01|, |q99|)). ``gripper_pos``: both arms'
+    proprio gripper pooled. ``gripper_action``: proprio gripper differences g[t + 1] - g[t] (both arms,
+    raw mode too) of *moving* frames only, |2 d / (q99 - q01 of gripper_pos)| >= ``static_threshold``,
+    made symmetric; 0 when no frame moves. Note: for raw-mode data the script's ``gripper_action`` is
+    not what the release trained with (RoboCasa's config says +-1, the gripper un-normalised);
+    :func:`norm_stats_from_release` handles that with ``raw_gripper``.
+    """
+    pos: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
+    dxyz: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
+    drot: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
+    grippers, grip_deltas = [], []
+    for i in range(dataset.num_episodes):
+        sig = dataset.signals(i)
+        for slot, arm in enumerate(ARMS):
+            if arm not in sig["proprio"]:
+                continue
+            p, rot, grip = sig["proprio"][arm]
+            pos[arm].append(p)
+            grippers.append(grip)
+            grip_deltas.append(np.diff(grip))
+            if sig["raw"] is not None:
+                if sig["raw"].shape[1] >= (slot + 1) * ARM_ACTION:
+                    cols = sig["raw"][:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
+                    dxyz[arm].append(cols[:, :3])
+                    drot[arm].append(cols[:, 3:6])
+            else:
+                tpos, trot = sig["target"][arm]
+                dxyz[arm].append(tpos - p)
+                drot[arm].append(rotation_delta_vectors(trot, rot))
+    if not grippers:
+        raise DatasetError(f"{dataset.root}: no episodes to compute statistics from")
+    q01: dict[str, list[float]] = {}
+    q99: dict[str, list[float]] = {}
+
+    def put(key: str, lo: np.ndarray, hi: np.ndarray) -> None:
+        q01[key], q99[key] = [float(x) for x in lo], [float(x) for x in hi]
+
+    grip_lo, grip_hi = _quantiles(np.concatenate(grippers))
+    for arm in ARMS:
+        if pos[arm]:
+            put(f"proprio_{arm}_ee_xyz", *_quantiles(np.concatenate(pos[arm])))
+        if arm == "left":
+            put("gripper_pos", grip_lo, grip_hi)
+        if dxyz[arm]:
+            put(f"action_{arm}_ee_xyz", *_symmetric(np.concatenate(dxyz[arm])))
+            put(f"action_{arm}_ee_axisangle", *_symmetric(np.concatenate(drot[arm])))
+    deltas = np.concatenate(grip_deltas)
+    span = float(grip_hi[0] - grip_lo[0])
+    moving = deltas[np.abs(2.0 * deltas / span) >= static_threshold] if span > 0 else deltas[:0]
+    put("gripper_action", *(_symmetric(moving) if moving.size else (np.zeros(1), np.zeros(1))))
+    return {"q01": q01, "q99": q99}
+
+
+def _parse_statistics_block(block: Any, where: str) -> dict[str, Any]:
+    """Check a ``{q01: {...}, q99: {...}}`` block: the same keys in both, known lengths, finite numbers.
+    Unknown keys are dropped (listed under ``"ignored"``)."""
+    if not isinstance(block, dict):
+        raise ValueError(f"{where}: statistics must be a mapping with q01 and q99, got {type(block).__name__}")
+    missing = [q for q in ("q01", "q99") if not isinstance(block.get(q), dict)]
+    if missing:
+        raise ValueError(f"{where}: statistics have no {' and no '.join(missing)} mapping (found keys "
+                         f"{sorted(map(str, block))})")
+    lo_keys, hi_keys = set(block["q01"]), set(block["q99"])
+    if lo_keys != hi_keys:
+        only = sorted(lo_keys - hi_keys), sorted(hi_keys - lo_keys)
+        raise ValueError(f"{where}: every key must be in both q01 and q99; only in q01: {only[0]}, "
+                         f"only in q99: {only[1]}")
+    lengths = release_key_lengths()
+    out: dict[str, Any] = {"q01": {}, "q99": {}, "ignored": sorted(str(k) for k in lo_keys - set(lengths))}
+    for key in sorted(lo_keys & set(lengths)):
+        for q in ("q01", "q99"):
+            value = block[q][key]
+            value = [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+            if (not isinstance(value, list) or len(value) != lengths[key]
+                    or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)):
+                raise ValueError(f"{where}: {q}.{key} must be a list of {lengths[key]} numbers, got {value!r}")
+            if not all(math.isfinite(x) for x in value):
+                raise ValueError(f"{where}: {q}.{key} holds non-finite values: {value}")
+            out[q][key] = [float(x) for x in value]
+        if any(a > b for a, b in zip(out["q01"][key], out["q99"][key])):
+            raise ValueError(f"{where}: q01.{key} {out['q01'][key]} exceeds q99.{key} {out['q99'][key]}")
+    return out
+
+
+def read_release_statistics(path: str | Path) -> dict[str, Any]:
+    """The release's q01/q99 statistics from a YAML file, in any of its three places.
+
+    - a data-config YAML (``configs/data/*.yaml``): ``statistics: {q01: {...}, q99: {...}}``;
+    - a run's ``config.yaml``: the same block under ``dataset:``;
+    - compute_stats.py's output (``quantile_pretrain.yaml``): ``q01`` / ``q99`` at the top level.
+
+    Returns ``{"q01": {...}, "q99": {...}, "ignored": [unknown keys]}``; ValueError naming the file
+    and the key for anything malformed.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"statistics file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    if "statistics" in data:
+        return _parse_statistics_block(data["statistics"], f"{path} (statistics)")
+    if isinstance(data.get("dataset"), dict) and "statistics" in data["dataset"]:
+        return _parse_statistics_block(data["dataset"]["statistics"], f"{path} (dataset.statistics)")
+    if "q01" in data or "q99" in data:
+        return _parse_statistics_block(data, str(path))
+    raise ValueError(f"{path}: no release statistics: expected 'statistics:', 'dataset: statistics:' or "
+                     f"top-level 'q01:' / 'q99:' (found keys {sorted(map(str, data))})")
+
+
+def norm_stats_from_release(stats: dict[str, Any], *, raw_gripper: bool = False, where: str = "statistics") -> Any:
+    """Release q01/q99 statistics -> our :class:`~xwam.data.stats.NormStats` (16-d state, 14-d action).
+
+    State per arm: xyz from ``proprio_<arm>_ee_xyz``, quaternion -1 / +1 (left raw, as the release's
+    server sets identity bounds), gripper from ``gripper_pos``. Action per arm: xyz and rotation vector
+    from ``action_<arm>_ee_xyz`` / ``_axisangle``, gripper from ``gripper_action``, or the bound 1
+    (un-normalised) with ``raw_gripper``, as the release trains raw-mode (RoboCasa) grippers. An arm
+    whose proprio keys are missing has invalid state dims; whose action keys are missing, invalid
+    action dims. Only q01/q99 are known: min/max are set to them, mean to their midpoint and std to
+    half their span (nothing normalises with those). Our actions are normalised as x / max(|q01|,
+    |q99|), the release's 2 (x - q01) / (q99 - q01) - 1 for its symmetric bounds.
+    """
+    from xwam.data.stats import FeatureStats, NormStats
+
+    q01, q99 = stats["q01"], stats["q99"]
+    s_lo, s_hi, s_valid = np.zeros(STATE_DIM), np.zeros(STATE_DIM), np.zeros(STATE_DIM, bool)
+    a_lo, a_hi, a_valid = np.zeros(ACTION_DIM), np.zeros(ACTION_DIM), np.zeros(ACTION_DIM, bool)
+    for slot, arm in enumerate(ARMS):
+        s, a = slot * ARM_STATE, slot * ARM_ACTION
+        if f"proprio_{arm}_ee_xyz" in q01:
+            if "gripper_pos" not in q01:
+                raise ValueError(f"{where}: 'gripper_pos' is missing (the state gripper of every arm needs it)")
+            s_lo[s : s + 3], s_hi[s : s + 3] = q01[f"proprio_{arm}_ee_xyz"], q99[f"proprio_{arm}_ee_xyz"]
+            s_lo[s + 3 : s + 7], s_hi[s + 3 : s + 7] = -1.0, 1.0
+            s_lo[s + 7], s_hi[s + 7] = q01["gripper_pos"][0], q99["gripper_pos"][0]
+            s_valid[s : s + ARM_STATE] = True
+        if f"action_{arm}_ee_xyz" in q01 and f"action_{arm}_ee_axisangle" in q01:
+            if raw_gripper:
+                grip_lo, grip_hi = -1.0, 1.0
+            elif "gripper_action" in q01:
+                grip_lo, grip_hi = q01["gripper_action"][0], q99["gripper_action"][0]
+            else:
+                raise ValueError(f"{where}: 'gripper_action' is missing (needed unless the gripper is raw)")
+            a_lo[a : a + 3], a_hi[a : a + 3] = q01[f"action_{arm}_ee_xyz"], q99[f"action_{arm}_ee_xyz"]
+            a_lo[a + 3 : a + 6] = q01[f"action_{arm}_ee_axisangle"]
+            a_hi[a + 3 : a + 6] = q99[f"action_{arm}_ee_axisangle"]
+            a_lo[a + 6], a_hi[a + 6] = grip_lo, grip_hi
+            a_valid[a : a + ARM_ACTION] = True
+    if not s_valid.any() or not a_valid.any():
+        raise ValueError(f"{where}: no arm has both proprio_<arm>_ee_xyz and action_<arm>_ee_xyz/_axisangle "
+                         f"(keys: {sorted(q01)})")
+
+    def feature(lo: np.ndarray, hi: np.ndarray) -> FeatureStats:
+        return FeatureStats(q01=lo, q99=hi, mean=(lo + hi) / 2, std=(hi - lo) / 2, min=lo.copy(), max=hi.copy(),
+                            count=0)
+
+    return NormStats(state=feature(s_lo, s_hi), action=feature(a_lo, a_hi),
+                     state_names=default_state_names(STATE_DIM), action_names=default_action_names(ACTION_DIM),
+                     state_valid=s_valid, action_valid=a_valid)
+
+
+def asymmetric_action_keys(stats: dict[str, Any], rtol: float = 1e-5) -> list[str]:
+    """Action keys whose q01 is not -q99 (beyond ``rtol`` of the bound): our x / max(|q01|, |q99|)
+    then differs from the release's normalisation for them."""
+    keys = []
+    for key in stats["q01"]:
+        if key.startswith("action_") or key == "gripper_action":
+            lo, hi = np.asarray(stats["q01"][key]), np.asarray(stats["q99"][key])
+            if np.any(np.abs(lo + hi) > rtol * np.maximum(np.abs(lo), np.abs(hi))):
+                keys.append(key)
+    return keys

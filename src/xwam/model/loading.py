@@ -8,6 +8,8 @@
   action/state MLPs), the frozen ``text_encoder.*`` (umT5, 242 keys) and ``vae.*`` (198 keys). Every
   ``model.*`` key must find its place with its shape; the frozen parts are skipped with one log line
   counting them (the codec and text encoder load from their own folders); any other key is an error.
+  The frozen umT5 can be written out as a transformers ``UMT5EncoderModel`` folder on request
+  (:func:`write_release_text_encoder`), so a release checkpoint alone gives the text encoder too.
 
 Foreign torch files are always read with ``weights_only=True`` (no unpickling of code).
 """
@@ -178,8 +180,9 @@ def release_key_to_xwam(key: str) -> str | None:
     return f"backbone.{new}" if new is not None else None
 
 
-def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransformer:
-    """An X-WAM release checkpoint (file or its folder) as an ``XWAMTransformer``."""
+def read_release_state(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The ``module`` dict of a release checkpoint (its file, or the ``<tag>.ckpt`` folder), read with
+    ``weights_only=True``, and the file it came from."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / "checkpoint" / "mp_rank_00_model_states.pt", path / "mp_rank_00_model_states.pt"]
@@ -187,7 +190,11 @@ def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransform
         if not found:
             raise FileNotFoundError(f"no checkpoint/mp_rank_00_model_states.pt under {path}")
         path = found[0]
-    raw = read_state_dict(path)
+    return read_state_dict(path), path
+
+
+def release_model(raw: dict[str, torch.Tensor], cfg: ModelConfig, source: str | Path) -> XWAMTransformer:
+    """The DiT of a release ``module`` dict; see the module docstring for what is placed or refused."""
     state, frozen, unplaced = {}, {p: 0 for p in RELEASE_FROZEN_PREFIXES}, []
     for key, value in raw.items():
         bare = key.removeprefix("module.")
@@ -201,14 +208,113 @@ def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransform
         else:
             state[new] = value
     if unplaced:
-        raise ValueError(f"{path}: {len(unplaced)} keys have no place in the X-WAM model (first: {unplaced[:5]}); "
+        raise ValueError(f"{source}: {len(unplaced)} keys have no place in the X-WAM model (first: {unplaced[:5]}); "
                          "is this an X-WAM release checkpoint?")
     if any(frozen.values()):
         logger.info("%s: skipped the frozen %d text_encoder.* (umT5) and %d vae.* keys; the text encoder and "
-                    "codec load from --text-path / --vae-path", path, frozen["text_encoder."], frozen["vae."])
+                    "codec load from --text-path / --vae-path (xwam convert --text-encoder-out writes the umT5 "
+                    "from this file)", source, frozen["text_encoder."], frozen["vae."])
     model = XWAMTransformer(cfg)
-    _load_strict(model, state, str(path))
+    _load_strict(model, state, str(source))
     return model
+
+
+def load_release_checkpoint(path: str | Path, cfg: ModelConfig) -> XWAMTransformer:
+    """An X-WAM release checkpoint (file or its folder) as an ``XWAMTransformer``."""
+    raw, file = read_release_state(path)
+    return release_model(raw, cfg, file)
+
+
+# ---- the release's frozen umT5 as a transformers UMT5EncoderModel ------------------------------------
+# The release keeps Wan's own T5 module names (``text_encoder.model.blocks.N.attn.q``, ...). Wan's T5
+# block is transformers' UMT5 block under other names: no attention scaling, a per-layer relative
+# position bias (32 buckets x heads), RMS norms, and a gated-GELU FFN whose ``gate.0`` is the GELU
+# branch (``wi_0``) and ``fc1`` the linear one (``wi_1``).
+_UMT5_BLOCK_RENAMES = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+RELEASE_TEXT_PREFIX = "text_encoder.model."
+
+
+def release_umt5_key_to_hf(key: str) -> str | None:
+    """transformers' ``UMT5EncoderModel`` name of a release ``text_encoder.model.*`` key (None if unknown)."""
+    bare = key.removeprefix("module.")
+    if not bare.startswith(RELEASE_TEXT_PREFIX):
+        return None
+    rest = bare[len(RELEASE_TEXT_PREFIX):]
+    if rest == "token_embedding.weight":
+        return "shared.weight"
+    if rest == "norm.weight":
+        return "encoder.final_layer_norm.weight"
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", rest)
+    if m and m.group(2) in _UMT5_BLOCK_RENAMES:
+        return f"encoder.block.{m.group(1)}.{_UMT5_BLOCK_RENAMES[m.group(2)]}"
+    return None
+
+
+def release_text_encoder(raw: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> torch.nn.Module:
+    """The release's frozen umT5 as a transformers ``UMT5EncoderModel`` (sizes read off the tensors;
+    every key placed with its shape, or an error listing the ones that are not)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    state: dict[str, torch.Tensor] = {}
+    unplaced: list[str] = []
+    for key, value in raw.items():
+        if not key.removeprefix("module.").startswith(RELEASE_TEXT_PREFIX):
+            continue
+        name = release_umt5_key_to_hf(key)
+        if name is None:
+            unplaced.append(key)
+        else:
+            state[name] = value
+    if not state:
+        raise ValueError(f"{source} holds no {RELEASE_TEXT_PREFIX}* tensors (was the text encoder stripped?)")
+    if unplaced:
+        raise ValueError(f"{source}: {len(unplaced)} text-encoder keys have no place in umT5 (first: {unplaced[:5]})")
+    vocab, d_model = state["shared.weight"].shape
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.block."))
+    buckets, heads = state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape
+    inner = state["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]
+    d_ff = state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]
+    # umT5-XXL's settings for what the tensors do not show (Wan's T5: gelu-tanh gate, eps 1e-6, max distance 128)
+    config = UMT5Config(vocab_size=int(vocab), d_model=int(d_model), d_kv=int(inner) // int(heads), d_ff=int(d_ff),
+                        num_layers=int(layers), num_heads=int(heads), relative_attention_num_buckets=int(buckets),
+                        relative_attention_max_distance=128, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6,
+                        dropout_rate=0.0, tie_word_embeddings=False, is_encoder_decoder=False)
+    model = UMT5EncoderModel(config)
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # one embedding, two names in transformers
+    dtype = state["shared.weight"].dtype
+    _load_strict(model.to(dtype), state, f"{source} (text_encoder.*)")
+    return model.eval().requires_grad_(False)
+
+
+def write_release_text_encoder(raw: dict[str, torch.Tensor], out: str | Path, tokenizer: str | Path | None = None,
+                               source: str | Path = "checkpoint") -> Path:
+    """Write the release's umT5 as ``out/text_encoder/`` (transformers layout, safetensors), plus
+    ``out/tokenizer/`` copied from ``tokenizer`` (a folder, e.g. a Wan2.2 diffusers root's
+    ``tokenizer/``; the release file holds no tokenizer). ``out`` is then a ``--text-path`` for the
+    ``umt5`` text encoder. Written atomically."""
+    import shutil
+
+    from xwam.atomic import atomic_write_dir
+
+    out = Path(out)
+    model = release_text_encoder(raw, source)
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tokenizer} does not exist")
+    atomic_write_dir(out / "text_encoder", lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True))
+    if tokenizer is not None:
+        atomic_write_dir(out / "tokenizer", lambda tmp: shutil.copytree(tokenizer, tmp, dirs_exist_ok=True))
+    return out / "text_encoder"
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -85,12 +85,25 @@ def resolve_norm_stats(sources: Sequence[Any], roots: Sequence[str], path: str |
     )
 
 
+def _depth_kind(source: Any) -> str:
+    """A dataset's depth kind: its own ``depth_kind`` (release layout) or metres (LeRobot, simulator)."""
+    return getattr(source, "depth_kind", "metric")
+
+
 def check_data_matches_model(
     sources: Sequence[Any], roots: Sequence[str], stats: Any, cfg: XWAMConfig
 ) -> XWAMConfig:
     """Raise on a mismatch between the data and the model; return the config with the data's camera
-    order recorded (a policy must know which image is which view)."""
+    order (a policy must know which image is which view) and depth kind (what the depth branch will
+    predict: metres or the release's relative code) recorded."""
     m = cfg.model
+    kinds = {str(root): _depth_kind(src) for src, root in zip(sources, roots) if getattr(src, "has_depth", False)}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"the datasets hold different kinds of depth ({kinds}); one depth branch predicts one "
+                         "kind: train on one kind, or drop depth from the others")
+    if kinds:
+        m = dataclasses.replace(m, depth_kind=next(iter(kinds.values())))
+        cfg = dataclasses.replace(cfg, model=m)
     for src, root in zip(sources, roots):
         if len(src.camera_names) != m.num_views:
             raise ValueError(
@@ -251,7 +264,8 @@ def fit_codec(cfg: XWAMConfig, clips: Any, max_clips: int, verbose: bool) -> tup
     samples = [clips[int(i)] for i in picks]
     images = torch.stack([x["images"] for x in samples])
     depth = torch.stack([x["depth"] for x in samples]) if all("depth" in x for x in samples) else None
-    state = XWAMProcessor.fit_codec_state(m, images, depth)
+    kinds = [x["depth_kind"] for x in samples] if depth is not None else None
+    state = XWAMProcessor.fit_codec_state(m, images, depth, kinds)
     report = {
         "codec": m.codec, "latent_channels": m.latent_channels, "clips": len(samples),
         "frames": int(images.shape[0] * images.shape[1] * images.shape[2]),

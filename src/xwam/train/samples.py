@@ -15,11 +15,13 @@ from xwam.config import XWAMConfig
 from xwam.diffusion.sampler import AsyncSampler
 
 
-def depth_to_grey(depth: np.ndarray, cfg: XWAMConfig) -> np.ndarray:
-    """Metric depth (..., H, W) -> grey (..., H, W, 3) uint8 of the model's inverse-depth encoding
-    (near bright, far dark): exactly what the depth branch is trained on."""
+def depth_to_grey(depth: np.ndarray, cfg: XWAMConfig, kind: str = "metric") -> np.ndarray:
+    """Depth (..., H, W) -> grey (..., H, W, 3) uint8 of the model's inverse-depth encoding (near
+    bright, far dark): exactly what the depth branch is trained on. ``kind``: ``metric`` (metres) or
+    ``codec_unit`` (already in [-1, 1], release depth)."""
     encoding = InverseDepthEncoding(near=cfg.model.depth_near, far=cfg.model.depth_far)
-    grey = unit_to_uint8(encoding.to_unit(depth)).numpy()
+    unit = torch.as_tensor(depth).float() if kind == "codec_unit" else encoding.to_unit(depth)
+    grey = unit_to_uint8(unit).numpy()
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
@@ -51,9 +53,10 @@ def validation_sample(model: nn.Module, processor: Any, cfg: XWAMConfig, batch: 
         cond, mode="4d", depth=depth, generator=torch.Generator(device).manual_seed(seed))
     rows = [truth, processor.decode_video(result.video.float()).cpu().numpy()[0]]
     if result.depth is not None:
+        kind = batch["depth_kind"][0] if "depth_kind" in batch else "metric"  # the kind trained on
         if "depth" in batch:
-            rows.append(depth_to_grey(batch["depth"][0].numpy(), cfg))
-        rows.append(depth_to_grey(processor.decode_depth(result.depth.float()).cpu().numpy()[0], cfg))
+            rows.append(depth_to_grey(batch["depth"][0].numpy(), cfg, kind))
+        rows.append(depth_to_grey(processor.decode_depth(result.depth.float(), kind).cpu().numpy()[0], cfg, kind))
     frames = min(r.shape[1] for r in rows)
     return tile([r[:, :frames] for r in rows])
 

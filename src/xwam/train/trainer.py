@@ -257,7 +257,7 @@ class Trainer:
         if missing:
             sel = torch.tensor(missing)
             video = self.processor.encode_video(batch["images"][sel]).cpu()
-            depth = self.processor.encode_depth(batch["depth"][sel]).cpu() if self.with_depth else None
+            depth = self.processor.encode_batch_depth(batch, sel).cpu() if self.with_depth else None
             for j, i in enumerate(missing):
                 self._latent_cache[ids[i]] = (video[j], depth[j] if depth is not None else None)
         video = torch.stack([self._latent_cache[c][0] for c in ids])
