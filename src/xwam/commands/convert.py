@@ -40,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     from xwam.config import RELEASE_PARITY, get_preset
     from xwam.model.checkpoint import load_checkpoint, save_checkpoint
-    from xwam.model.loading import build_from_wan, read_release_state, release_model, write_release_text_encoder
+    from xwam.model.loading import (
+        build_from_wan,
+        read_release_state,
+        release_model,
+        write_release_text_encoder,
+    )
 
     kind, sep, path = args.source.partition(":")
     if not sep or kind not in ("release", "wan", "xwam"):
