@@ -247,7 +247,9 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
     train = _read_json(root / "stages" / "train.json") or {}
     train_run = _read_json(root / "run" / "train_summary.json") or {}
     report.add_text(
-        f"Learned from scratch on this machine: {cfg.episodes} scripted demonstrations, preset {cfg.preset}, "
+        f"Learned from scratch on this machine: {cfg.episodes} scripted demonstrations"
+        + (f" (recovery demonstrations: executed arm position perturbed with std {cfg.perturb:g}, the expert's "
+           f"clean command recorded)" if cfg.perturb else "") + f", preset {cfg.preset}, "
         f"{cfg.steps} training steps of batch {cfg.batch_size} with Asynchronous Noise Sampling, then "
         f"{cfg.eval_episodes} closed-loop episodes on held-out seeds, 4D imagination of held-out episodes and a "
         f"vision check, each beside a baseline measured here in the same harness. Total {total_s / 60:.1f} min."

@@ -1,4 +1,4 @@
-"""Depth quantiser bound and lossless 12-bit depth video."""
+"""Depth encodings (12-bit log quantiser, uint16 millimetres) and lossless 12-bit depth video."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xwam.data.errors import DatasetError
-from xwam.data.video import DepthQuantizer, VideoEncoder, decode_frames
+from xwam.data.video import DepthMillimetres, DepthQuantizer, VideoEncoder, decode_frames
 
 
 def test_quantiser_error_within_stated_bound() -> None:
@@ -59,3 +59,29 @@ def test_rgb_seek_into_the_middle(tmp_path: Path) -> None:
 def test_odd_rgb_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="even width and height"):
         VideoEncoder(tmp_path / "v.mp4", width=15, height=16, fps=20)
+
+
+def test_millimetre_depth_round_trip_within_half_a_millimetre() -> None:
+    mm = DepthMillimetres()
+    depth = np.geomspace(0.001, 65.5, 100_001)
+    codes = mm.encode(depth)
+    assert codes.dtype == np.uint16 and codes.min() >= 1
+    err = np.abs(mm.decode(codes).astype(np.float64) - depth)
+    assert err.max() <= mm.error_bound(1.0) + 4e-6  # half a millimetre + float32 rounding at 65 m
+    # better than the 12-bit log quantiser everywhere in its range
+    inside = depth[(depth >= 0.01) & (depth <= 10)]
+    assert np.all(mm.error_bound(inside) <= DepthQuantizer().error_bound(inside))
+
+
+def test_millimetre_depth_no_return_and_clipping() -> None:
+    mm = DepthMillimetres()
+    codes = mm.encode(np.array([0.0, -1.0, np.nan, np.inf, 1e-5, 70.0]))
+    np.testing.assert_array_equal(codes, [0, 0, 0, 0, 1, 65535])
+    decoded = mm.decode(codes)
+    assert np.all(np.isinf(decoded[:4])) and decoded[4] == pytest.approx(0.001) and decoded[5] == pytest.approx(65.535)
+
+
+def test_millimetre_feature_info_round_trip() -> None:
+    info = DepthMillimetres().feature_info(24, 40)
+    assert info["depth.encoding"] == "uint16_mm" and (info["depth.height"], info["depth.width"]) == (24, 40)
+    assert DepthMillimetres.from_feature_info(info) == DepthMillimetres()

@@ -15,7 +15,7 @@ from xwam_dataset_testutils import make_episode, psnr
 
 from xwam.data.errors import DatasetError
 from xwam.data.lerobot import LeRobotV3Dataset, LeRobotV3Writer, write_episodes
-from xwam.data.video import DepthQuantizer
+from xwam.data.video import DepthMillimetres
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_round_trip_exact_numeric_and_bounded_video(written: tuple[Path, list]) 
     ds = LeRobotV3Dataset(root)
     assert ds.num_episodes == 5 and ds.camera_names == episodes[0].camera_names and ds.fps == 20.0
     assert ds.has_depth and ds.has_intrinsics and ds.has_extrinsics
-    q = DepthQuantizer()
+    mm = DepthMillimetres()
     for i, ref in enumerate(episodes):
         ep = ds.episode(i)
         assert ep.task == ref.task and ep.length == ref.length and ep.meta["seed"] == i
@@ -45,9 +45,10 @@ def test_round_trip_exact_numeric_and_bounded_video(written: tuple[Path, list]) 
             # mean abs error of 2.2 levels (mostly chroma subsampling and YUV rounding)
             assert psnr(ep.rgb[cam], ref.rgb[cam]) > 36
             assert np.abs(ep.rgb[cam].astype(int) - ref.rgb[cam]).mean() < 3.0
+            # depth is stored as uint16 millimetres: at most half a millimetre off (+ float32 rounding)
             err = np.abs(ep.depth[cam] - ref.depth[cam])
-            assert np.all(err <= q.error_bound(ref.depth[cam]) + 1e-6)
-            assert err.max() < 1.5e-3  # depth here is below 4 m: bound (4 + 3.5) * 1.645e-4 = 1.2 mm
+            assert np.all(err <= mm.error_bound(ref.depth[cam]) + 1e-6)
+            assert ep.depth[cam].dtype == np.float32 and ep.depth[cam].shape == ref.depth[cam].shape
 
 
 def test_layout_many_episodes_per_file(written: tuple[Path, list]) -> None:
@@ -57,7 +58,9 @@ def test_layout_many_episodes_per_file(written: tuple[Path, list]) -> None:
     assert info["total_frames"] == sum(e.length for e in episodes)
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["features"]["observation.images.eye_in_hand"]["dtype"] == "video"
-    assert info["features"]["observation.depth.eye_in_hand"]["info"]["video.is_depth_map"] is True
+    depth = info["features"]["observation.depth.eye_in_hand"]
+    assert depth["dtype"] == "uint16" and depth["shape"] == [32 * 48] and depth["info"]["depth.height"] == 32
+    assert info["fps"] == 20 and isinstance(info["fps"], int) and info["xwam"]["format_version"] == 2
     assert info["xwam"]["camera_names"] == episodes[0].camera_names
     assert sorted(p.name for p in (root / "data/chunk-000").iterdir()) == [
         "file-000.parquet",

@@ -140,6 +140,7 @@ class _TwoSizes:
             depth={c: np.ones((T, h, w), np.float32) for c, (h, w) in sizes.items()},
             intrinsics=K, extrinsics={c: np.tile(np.eye(4), (T, 1, 1)) for c in sizes},
             state=np.zeros((T, 2), np.float32), action=np.zeros((T, 2), np.float32),
+            meta={"depth_kind": "metric"},
         )
 
 

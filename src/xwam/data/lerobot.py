@@ -8,6 +8,21 @@ into a staging folder inside the dataset, moves the finished files into place, t
 ``meta/info.json`` atomically. ``info.json``'s ``total_episodes`` is the commit point: the reader
 ignores any episode at or beyond it, and the next writer overwrites the uncommitted files. An
 interrupted process therefore loses at most the episodes of the group it was writing.
+
+What this writes for lerobot 0.4.4's own tools (``lerobot.datasets.dataset_tools``), so that its
+``delete_episodes``, ``split_dataset`` and ``merge_datasets`` keep every feature intact (measured with
+``scripts/check_lerobot_tools.py``):
+
+- depth (format 2) as a ``uint16`` vector of ``H * W`` millimetres per frame in the data parquet
+  (see :mod:`xwam.data.lerobot_reader`): those tools re-encode every video of a file they cut to
+  8-bit AV1, which a depth video does not survive, but copy parquet columns bit for bit. Format-1
+  depth (12-bit FFV1 video) is still written when appending to a dataset that has it, or when asked
+  (``depth_storage="video"``);
+- per-episode statistics of every feature as ``stats/<feature>/<stat>`` columns of
+  ``meta/episodes/*.parquet``, with lerobot's names, shapes and types (cameras (3, 1, 1) in [0, 1];
+  vectors (D,); depth one value per statistic in millimetres): ``delete_episodes`` and
+  ``split_dataset`` rebuild ``meta/stats.json`` from them and leave it empty without them;
+- ``fps`` (and the file-size limits) as integers when they are whole, as lerobot writes them.
 """
 
 from __future__ import annotations
@@ -44,18 +59,36 @@ from xwam.data.lerobot_reader import (
     load_tasks,
     rgb_key,
 )
+from xwam.data.stats import (
+    LEROBOT_STAT_NAMES,
+    depth_stats_arrays,
+    image_stats_arrays,
+    lerobot_stats_arrays,
+    video_depth_stats_arrays,
+)
 from xwam.data.video import (
     DEPTH_CODEC,
     DEPTH_PIX_FMT,
     RGB_CODEC,
     RGB_PIX_FMT,
+    DepthMillimetres,
     DepthQuantizer,
     VideoEncoder,
 )
 
+DEPTH_STORAGES = ("parquet", "video")
 
-def _list_column(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+
+def whole_number(value: float) -> int | float:
+    """``value`` as an int when it is whole (lerobot 0.4.4 writes ``"fps": 20``, not ``20.0``)."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _list_column(values: np.ndarray, dtype: pa.DataType | None = None) -> pa.FixedSizeListArray:
+    """(rows, D) values as a fixed-size-list column (the element type follows the array's dtype)."""
     values = np.ascontiguousarray(values)
+    dtype = dtype or pa.from_numpy_dtype(values.dtype)
     flat = pa.array(values.reshape(-1), type=dtype)
     return pa.FixedSizeListArray.from_arrays(flat, int(values.shape[1]))
 
@@ -75,7 +108,7 @@ def _feature_video(
         "video.codec": "h264" if codec == "libx264" else codec,
         "video.pix_fmt": pix_fmt,
         "video.is_depth_map": depth,
-        "video.fps": fps,
+        "video.fps": whole_number(fps),
         "video.channels": shape[2],
         "has_audio": False,
     }
@@ -111,7 +144,13 @@ class LeRobotV3Writer:
         state_names: list[str] | None = None,
         action_names: list[str] | None = None,
         write_stats_on_close: bool = True,
+        depth_storage: str = "parquet",
     ) -> None:
+        """``depth_storage``: "parquet" (format 2, uint16 millimetres in the data parquet: survives
+        lerobot's tools) or "video" (format 1, 12-bit FFV1 video: lerobot's tools corrupt it). An
+        existing dataset keeps the storage it has."""
+        if depth_storage not in DEPTH_STORAGES:
+            raise ValueError(f"depth_storage must be one of {DEPTH_STORAGES}, got {depth_storage!r}")
         self.root = Path(root)
         self.episodes_per_file = max(1, int(episodes_per_file))
         self.rgb_crf = int(rgb_crf)
@@ -138,15 +177,15 @@ class LeRobotV3Writer:
                 "total_frames": 0,
                 "total_tasks": 0,
                 "chunks_size": int(chunks_size),
-                "data_files_size_in_mb": float(data_files_size_in_mb),
-                "video_files_size_in_mb": float(video_files_size_in_mb),
-                "fps": float(fps) if fps is not None else None,
+                "data_files_size_in_mb": whole_number(data_files_size_in_mb),
+                "video_files_size_in_mb": whole_number(video_files_size_in_mb),
+                "fps": whole_number(fps) if fps is not None else None,
                 "splits": {},
                 "data_path": DATA_PATH,
                 "video_path": VIDEO_PATH,
                 "features": {},
                 "xwam": {
-                    "format_version": 1,
+                    "format_version": 2 if depth_storage == "parquet" else 1,
                     "camera_names": None,
                     "depth": None,
                     "state_names": state_names,
@@ -162,6 +201,9 @@ class LeRobotV3Writer:
             self._depth_quantizer = DepthQuantizer.from_dict(self.info["xwam"]["depth"])
         elif not hasattr(self, "_depth_quantizer"):
             self._depth_quantizer = depth_quantizer or DepthQuantizer()
+        self.depth_storage = self._existing_depth_storage() or depth_storage
+        self._depth_codec = DepthMillimetres()
+        self.episode_stats = self._existing_episode_stats()
         self._cleanup_staging()
 
     # ---- public -----------------------------------------------------------------------------
@@ -226,6 +268,25 @@ class LeRobotV3Writer:
             self.abort()
 
     # ---- internals --------------------------------------------------------------------------
+    def _existing_depth_storage(self) -> str | None:
+        """The depth storage of the dataset being appended to (None when it has no depth yet)."""
+        for key, feature in self.info["features"].items():
+            if key.startswith("observation.depth."):
+                return "video" if feature.get("dtype") == "video" else "parquet"
+        return None
+
+    def _existing_episode_stats(self) -> bool:
+        """Whether to write the ``stats/...`` columns: always in a new dataset; when appending, only
+        if the existing metadata has them (lerobot loads every meta/episodes file as one table, so
+        the files must agree on their columns)."""
+        if int(self.info["total_episodes"]) == 0:
+            return True
+        first = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        try:
+            return any(n.startswith("stats/") for n in pq.read_schema(first).names)
+        except (OSError, pa.ArrowException):
+            return False
+
     def _cleanup_staging(self) -> None:
         if self.root.is_dir():
             for stale in self.root.glob(".staging-*"):
@@ -234,7 +295,7 @@ class LeRobotV3Writer:
     def _check_schema(self, ep: Episode) -> None:
         x = self.info["xwam"]
         if self.info["fps"] is None:
-            self.info["fps"] = float(ep.fps)
+            self.info["fps"] = whole_number(ep.fps)
         elif abs(float(ep.fps) - float(self.info["fps"])) > 1e-6:
             raise ValueError(
                 f"episode {self.num_episodes}: fps {ep.fps} differs from the dataset's {self.info['fps']}"
@@ -292,7 +353,18 @@ class LeRobotV3Writer:
             feats[rgb_key(cam)] = _feature_video(
                 [h, w, 3], ["height", "width", "channels"], fps, RGB_CODEC, RGB_PIX_FMT, False
             )
-        if ep.depth is not None:
+        if ep.depth is not None and self.depth_storage == "parquet":
+            x["depth"] = {"storage": "parquet", "encoding": "uint16_mm", "scale_m": self._depth_codec.scale_m,
+                          "no_return_code": self._depth_codec.no_return_code, "unit": "m"}
+            for cam in ep.camera_names:
+                h, w = (int(n) for n in ep.depth[cam].shape[1:3])
+                feats[depth_key(cam)] = {
+                    "dtype": "uint16",
+                    "shape": [h * w],
+                    "names": None,
+                    "info": self._depth_codec.feature_info(h, w),
+                }
+        elif ep.depth is not None:
             q = self._depth_quantizer
             x["depth"] = {"encoding": "log", **q.to_dict(), "unit": "m"}
             for cam in ep.camera_names:
@@ -380,22 +452,28 @@ class _Group:
             "xwam/seed": int(ep.meta.get("seed", -1)),
             "xwam/meta": json.dumps(ep.meta, default=str, sort_keys=True),
         }
+        cols = self.columns
+        stats: dict[str, dict[str, np.ndarray]] = {}
         for cam in ep.camera_names:
             rgb = ep.rgb[cam]
             self._encoder(rgb_key(cam), "rgb", rgb.shape[1], rgb.shape[2]).write(rgb)
+            stats[rgb_key(cam)] = image_stats_arrays(rgb)
             keys = [rgb_key(cam)]
-            if ep.depth is not None:
+            if ep.depth is not None and self.w.depth_storage == "parquet":
+                codes = self.w._depth_codec.encode(ep.depth[cam])
+                cols.setdefault(depth_key(cam), []).append(codes.reshape(T, -1))
+                stats[depth_key(cam)] = depth_stats_arrays(codes, no_return_code=self.w._depth_codec.no_return_code)
+            elif ep.depth is not None:
                 d = ep.depth[cam]
-                self._encoder(depth_key(cam), "depth", d.shape[1], d.shape[2]).write(
-                    self.w._depth_quantizer.encode(d)
-                )
+                codes = self.w._depth_quantizer.encode(d)
+                self._encoder(depth_key(cam), "depth", d.shape[1], d.shape[2]).write(codes)
+                stats[depth_key(cam)] = video_depth_stats_arrays(codes, self.w._depth_quantizer.bits)
                 keys.append(depth_key(cam))
             for key in keys:
                 row[f"videos/{key}/chunk_index"] = self.chunk_index
                 row[f"videos/{key}/file_index"] = self.file_index
                 row[f"videos/{key}/from_timestamp"] = start / fps
                 row[f"videos/{key}/to_timestamp"] = (start + T) / fps
-        cols = self.columns
         cols.setdefault(STATE_KEY, []).append(np.asarray(ep.state, dtype=np.float32))
         cols.setdefault(ACTION_KEY, []).append(np.asarray(ep.action, dtype=np.float32))
         for cam in ep.camera_names:
@@ -413,6 +491,11 @@ class _Group:
         cols.setdefault("episode_index", []).append(np.full(T, episode_index, np.int64))
         cols.setdefault("index", []).append(self.frame_offset + start + frame_index)
         cols.setdefault("task_index", []).append(np.full(T, self.w._task_index(ep.task), np.int64))
+        if self.w.episode_stats:
+            for key, parts in cols.items():
+                if key not in stats:  # vectors and index columns: every frame of this episode
+                    stats[key] = lerobot_stats_arrays(parts[-1].reshape(T, -1))
+            row["_stats"] = stats
         self.frames += T
         self.rows.append(row)
 
@@ -431,15 +514,14 @@ class _Group:
         for name, parts in self.columns.items():
             values = np.concatenate(parts)
             if values.ndim == 2:
-                dtype = pa.float32() if values.dtype == np.float32 else pa.float64()
-                arrays.append(_list_column(values, dtype))
+                arrays.append(_list_column(values))
             else:
                 arrays.append(pa.array(values))
             names.append(name)
         return pa.Table.from_arrays(arrays, names=names)
 
     def _episodes_table(self) -> pa.Table:
-        names = list(self.rows[0].keys())
+        names = [n for n in self.rows[0] if n != "_stats" and not n.startswith("meta/episodes/")]
         data = {n: [r.get(n) for r in self.rows] for n in names}
         types = {"tasks": pa.list_(pa.string()), "xwam/meta": pa.string(), "xwam/success": pa.bool_()}
         arrays = []
@@ -450,7 +532,39 @@ class _Group:
                 arrays.append(pa.array(data[n], type=pa.float64()))
             else:
                 arrays.append(pa.array(data[n], type=pa.int64()))
+        if "_stats" in self.rows[0]:
+            stats_names, stats_arrays = self._episode_stats_columns()
+            names += stats_names
+            arrays += stats_arrays
+        # lerobot puts the episodes file's own location last
+        for n in ("meta/episodes/chunk_index", "meta/episodes/file_index"):
+            names.append(n)
+            arrays.append(pa.array([r[n] for r in self.rows], type=pa.int64()))
         return pa.Table.from_arrays(arrays, names=names)
+
+    def _episode_stats_columns(self) -> tuple[list[str], list[pa.Array]]:
+        """``stats/<feature>/<stat>`` columns in the features' order, typed as lerobot 0.4.4 writes
+        them: ``count`` list<int64>; min/max list<int64> for int64 features; everything else
+        list<double>, nested (3, 1, 1) for cameras."""
+        names, arrays = [], []
+        features = self.w.info["features"]
+        for key in features:
+            if key not in self.rows[0]["_stats"]:
+                continue
+            integer = features[key].get("dtype") == "int64"
+            for stat in LEROBOT_STAT_NAMES:
+                values = [np.asarray(r["_stats"][key][stat]) for r in self.rows]
+                if stat == "count" or (integer and stat in ("min", "max")):
+                    element: pa.DataType = pa.int64()
+                    values = [v.astype(np.int64) for v in values]
+                else:
+                    element = pa.float64()
+                kind = element
+                for _ in range(values[0].ndim):
+                    kind = pa.list_(kind)
+                names.append(f"stats/{key}/{stat}")
+                arrays.append(pa.array([v.tolist() for v in values], type=kind))
+        return names, arrays
 
     def commit(self) -> None:
         w = self.w

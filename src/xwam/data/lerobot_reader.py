@@ -11,11 +11,22 @@ Layout::
     videos/<video_key>/chunk-XXX/file-XXX.mp4    many episodes per file, located by timestamps
 
 Feature keys: ``observation.images.<cam>`` (RGB video, H.264 yuv420p), ``observation.depth.<cam>``
-(12-bit log-quantised depth video, FFV1 gray12le, ``video.is_depth_map: true``),
-``observation.state``, ``action``, ``observation.cameras.<cam>.intrinsics`` (9 floats, row-major
+(metric depth), ``observation.state``, ``action``, ``observation.cameras.<cam>.intrinsics`` (9 floats, row-major
 3x3) and ``.extrinsics`` (16 floats, row-major 4x4 camera-to-world, OpenCV axes), plus LeRobot's
 ``timestamp``, ``frame_index``, ``episode_index``, ``index`` and ``task_index``. What LeRobot has no
 slot for (camera order, depth quantiser, state/action names, robot type) sits in ``info["xwam"]``.
+
+Depth is stored one of two ways; the reader tells them apart by the feature's ``dtype``:
+
+- ``uint16`` (format 2, written now): a vector of ``H * W`` millimetres per frame in the data
+  parquet (row-major, ``shape: [H * W]``), ``H``, ``W`` and the encoding in the feature's ``info``
+  (``depth.height``, ``depth.width``, ``depth.encoding: "uint16_mm"``, see
+  :class:`~xwam.data.video.DepthMillimetres`). lerobot 0.4.4's ``delete_episodes``,
+  ``split_dataset`` and ``merge_datasets`` copy it bit for bit (they re-encode videos, and their
+  ``_write_parquet`` cannot convert a 3-D array feature, hence the flat vector).
+- ``video`` (format 1): a 12-bit log-quantised FFV1 ``gray12le`` video (``video.is_depth_map``);
+  a depth video that does not decode to the quantiser's bit depth (lerobot's tools re-encode to
+  8-bit AV1) is refused with a DatasetError naming the file.
 
 ``info.json``'s ``total_episodes`` is the commit point: the reader ignores any episode at or beyond
 it (see the writer in :mod:`xwam.data.lerobot`). Kept apart from the writer so that
@@ -37,7 +48,13 @@ import pyarrow.parquet as pq
 
 from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
-from xwam.data.video import DepthQuantizer, decode_frames, probe_video
+from xwam.data.video import (
+    DEPTH_PARQUET_ENCODING,
+    DepthMillimetres,
+    DepthQuantizer,
+    decode_frames,
+    probe_video,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +197,9 @@ class LeRobotV3Dataset:
         self.image_keys = {k for k in camera_keys if self.features[k].get("dtype") == "image"}
         self.depth_keys: dict[str, str] = {}
         self.rgb_keys: dict[str, str] = {}
+        for key, feature in self.features.items():
+            if feature.get("dtype") not in ("video", "image") and _is_parquet_depth(key, feature):
+                self.depth_keys[key.removeprefix("observation.depth.")] = key
         for key in camera_keys:
             vinfo = self.features[key].get("info") or {}
             cam = key.split(".", 2)[-1] if key.count(".") >= 2 else key
@@ -193,6 +213,10 @@ class LeRobotV3Dataset:
                 raise DatasetError(f"{self.root / INFO_PATH}: camera {cam!r} has no RGB video feature")
         self.depth_quantizer = self._depth_quantizer(x)
         self.has_depth = bool(self.depth_keys) and all(c in self.depth_keys for c in self.camera_names)
+        self._depth_sizes = {
+            cam: self._parquet_depth_size(key) for cam, key in self.depth_keys.items()
+            if self.depth_storage(cam) == "parquet"
+        }
         self.image_sizes = {cam: self._feature_size(self.rgb_keys[cam]) for cam in self.camera_names}
         self.has_intrinsics = all(intrinsics_key(c) in self.features for c in self.camera_names)
         self.has_extrinsics = all(extrinsics_key(c) in self.features for c in self.camera_names)
@@ -221,10 +245,40 @@ class LeRobotV3Dataset:
         used += [k for k in (STATE_KEY, ACTION_KEY, *INDEX_KEYS) if k in self.features]
         return used
 
+    def depth_storage(self, cam: str) -> str:
+        """"parquet" (format 2: uint16 millimetres in the data parquet) or "video" (format 1)."""
+        return "video" if self.features[self.depth_keys[cam]].get("dtype") == "video" else "parquet"
+
+    def depth_codec(self, cam: str) -> DepthMillimetres:
+        """The millimetre encoding of a parquet depth feature (from the feature's own info block)."""
+        return DepthMillimetres.from_feature_info(self.features[self.depth_keys[cam]].get("info") or {})
+
+    def _parquet_depth_size(self, key: str) -> tuple[int, int]:
+        """(H, W) of a parquet depth feature: its info's depth.height / depth.width, which must
+        multiply to the declared vector length."""
+        feature, where = self.features[key], self.root / INFO_PATH
+        vinfo = feature.get("info") or {}
+        encoding = vinfo.get("depth.encoding", DEPTH_PARQUET_ENCODING)
+        if encoding != DEPTH_PARQUET_ENCODING:
+            raise DatasetError(
+                f"{where}: {key} uses depth encoding {encoding!r}; only {DEPTH_PARQUET_ENCODING!r} is supported"
+            )
+        try:
+            h, w = int(vinfo["depth.height"]), int(vinfo["depth.width"])
+            (length,) = feature["shape"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{where}: {key} needs 'shape': [H * W] and info 'depth.height' / 'depth.width' ({exc!r})"
+            ) from exc
+        if h <= 0 or w <= 0 or h * w != int(length):
+            raise DatasetError(f"{where}: {key} declares shape [{length}] but {h}x{w} pixels")
+        return h, w
+
     def _depth_quantizer(self, x: dict[str, Any]) -> DepthQuantizer:
-        """From ``info["xwam"]``, else from the depth features' ``video.depth_*`` entries (lerobot's
-        tools rewrite info.json without our ``xwam`` block but keep each feature's info)."""
-        if x.get("depth"):
+        """Format-1 depth videos' quantiser: from ``info["xwam"]``, else from the depth features'
+        ``video.depth_*`` entries (lerobot's tools rewrite info.json without our ``xwam`` block but
+        keep each feature's info)."""
+        if x.get("depth") and "bits" in x["depth"]:
             return DepthQuantizer.from_dict(x["depth"])
         for key in self.depth_keys.values():
             vinfo = self.features[key].get("info") or {}
@@ -314,7 +368,7 @@ class LeRobotV3Dataset:
         problems = []
         for cam in self.camera_names:
             key = self.depth_keys.get(cam)
-            if key is None:
+            if key is None or self.depth_storage(cam) != "video":
                 continue
             path = self._video_path(0, key)
             if not path.is_file():
@@ -409,6 +463,32 @@ class LeRobotV3Dataset:
         return decode_frames(path, fps=self.fps, first_index=first, count=length, kind=kind, episode=i,
                              depth_bits=self.depth_quantizer.bits, declared=declared)
 
+    def episode_depth_codes(self, i: int, cam: str) -> np.ndarray:
+        """Episode ``i``'s depth of camera ``cam`` as stored: (T, H, W) uint16 millimetres (parquet)
+        or 12-bit quantiser codes (video). ``_decode_depth`` turns them into metres."""
+        return self._depth_codes(i, cam, self.episode_table(i), self.episode_where(i))
+
+    def _depth_codes(self, i: int, cam: str, table: pa.Table, where: str) -> np.ndarray:
+        key = self.depth_keys[cam]
+        if self.depth_storage(cam) == "video":
+            return self._video(i, key, "depth")
+        h, w = self._depth_sizes[cam]
+        values = _flat_values(table, key, where)
+        if values.size != table.num_rows * h * w:
+            raise DatasetError(
+                f"{where}: {key!r} holds {values.size} values for {table.num_rows} frames of {h}x{w} depth"
+            )
+        if values.dtype != np.uint16:
+            if values.size and (not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() > 65535):
+                raise DatasetError(f"{where}: {key!r} is not uint16 millimetres (found {values.dtype})")
+            values = values.astype(np.uint16)
+        return values.reshape(table.num_rows, h, w)
+
+    def _decode_depth(self, cam: str, codes: np.ndarray) -> np.ndarray:
+        if self.depth_storage(cam) == "video":
+            return self.depth_quantizer.decode(codes)
+        return self.depth_codec(cam).decode(codes)
+
     def _images(self, table: pa.Table, key: str, where: str) -> np.ndarray:
         """(T, H, W, 3) uint8 frames of a camera stored as an image feature: each row holds the
         encoded image (PNG for datasets written by lerobot 0.4.4) as ``{"bytes", "path"}``."""
@@ -460,10 +540,7 @@ class LeRobotV3Dataset:
         rgb = {cam: self._camera(i, cam, table, where) for cam in self.camera_names}
         depth = None
         if want_depth:
-            depth = {}
-            for cam in self.camera_names:
-                codes = self._video(i, self.depth_keys[cam], "depth")
-                depth[cam] = self.depth_quantizer.decode(codes)
+            depth = {cam: self._decode_depth(cam, self._depth_codes(i, cam, table, where)) for cam in self.camera_names}
         intr = extr = None
         try:
             if self.has_intrinsics:
@@ -517,6 +594,28 @@ class LeRobotV3Dataset:
             f"LeRobotV3Dataset({str(self.root)!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
             f"fps={self.fps:g}, cameras={self.camera_names}, depth={self.has_depth})"
         )
+
+
+def _is_parquet_depth(key: str, feature: dict[str, Any]) -> bool:
+    """A non-video feature holding depth: ours declare ``depth.encoding`` (or, at least, live under
+    ``observation.depth.`` with an integer dtype)."""
+    vinfo = feature.get("info") or {}
+    if isinstance(vinfo, dict) and "depth.encoding" in vinfo:
+        return True
+    return key.startswith("observation.depth.") and str(feature.get("dtype", "")).startswith("uint")
+
+
+def _flat_values(table: pa.Table, key: str, where: str) -> np.ndarray:
+    """Every value of a (possibly nested) list column, flattened in row-major order. Datasets differ
+    in the list type: we write fixed-size lists, lerobot's merge rewrites them as variable lists."""
+    if key not in table.column_names:
+        raise DatasetError(f"{where}: column {key!r} is missing")
+    col = table.column(key).combine_chunks()
+    if col.null_count:
+        raise DatasetError(f"{where}: column {key!r} has empty rows")
+    while pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        col = col.flatten()
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _vectors(table: pa.Table, key: str, where: str) -> np.ndarray:

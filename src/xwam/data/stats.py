@@ -274,27 +274,102 @@ def gather_state_action(
 
 
 def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES) -> NormStats:
+    """Statistics over every frame; a dataset with its own rule (``compute_norm_stats()``, the release
+    format's statistics script) uses that instead."""
+    own = getattr(dataset, "compute_norm_stats", None)
+    if callable(own):
+        return own()
     state, action = gather_state_action(dataset, max_frames)
     return NormStats.from_arrays(
         state, action, getattr(dataset, "state_names", None), getattr(dataset, "action_names", None)
     )
 
 
+# The statistics lerobot 0.4.4 keeps per feature, in its order (``compute_stats.get_feature_stats``);
+# ``count`` is the number of frames, a one-element list.
+LEROBOT_STAT_NAMES = ("min", "max", "mean", "std", "count", *QUANTILES)
+
+
 def _lerobot_feature_stats(values: np.ndarray) -> dict[str, Any]:
+    return {k: np.asarray(v).tolist() for k, v in lerobot_stats_arrays(values).items()}
+
+
+def lerobot_stats_arrays(values: np.ndarray, *, count: int | None = None) -> dict[str, np.ndarray]:
+    """min/max/mean/std/count/q01..q99 of (N, D) values over N (exact quantiles, linear interpolation).
+
+    A 1-D input is one dimension. ``count`` overrides the sample count (lerobot counts frames, not
+    the pixels image statistics are computed over).
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
+    if values.shape[0] == 0:
+        raise ValueError("statistics need at least one value")
     out = {
         "min": values.min(0),
         "max": values.max(0),
         "mean": values.mean(0),
         "std": values.std(0),
-        "count": np.array([len(values)]),
+        "count": np.array([len(values) if count is None else int(count)]),
     }
     qs = np.quantile(values, list(QUANTILES.values()), axis=0)
-    for name, q in zip(QUANTILES, qs):
-        out[name] = q
-    return {k: np.asarray(v).tolist() for k, v in out.items()}
+    out.update(zip(QUANTILES, qs))
+    return out
+
+
+# frames and pixels per episode that image and depth statistics are computed from (lerobot samples
+# too: ``compute_stats.sample_images`` and ``auto_downsample_height_width``)
+STATS_FRAMES_PER_EPISODE = 32
+STATS_MAX_SIDE = 64
+
+
+def _sample_frames(frames: np.ndarray) -> np.ndarray:
+    """At most STATS_FRAMES_PER_EPISODE evenly spaced frames, strided to at most STATS_MAX_SIDE px a side."""
+    n = len(frames)
+    pick = np.unique(np.linspace(0, n - 1, min(n, STATS_FRAMES_PER_EPISODE)).round().astype(int))
+    stride = max(1, -(-max(frames.shape[1:3]) // STATS_MAX_SIDE))
+    return frames[pick][:, ::stride, ::stride]
+
+
+def image_stats_arrays(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel statistics of (T, H, W, 3) uint8 frames, as lerobot stores a camera's: values in
+    [0, 1], shape (3, 1, 1), ``count`` = T (from a sample of frames and pixels, see _sample_frames)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise ValueError(f"image statistics need (T, H, W, 3) frames, got shape {frames.shape}")
+    values = _sample_frames(frames).reshape(-1, 3) / 255.0
+    stats = lerobot_stats_arrays(values, count=len(frames))
+    return {k: v if k == "count" else v.reshape(3, 1, 1) for k, v in stats.items()}
+
+
+def depth_stats_arrays(codes: np.ndarray, *, no_return_code: int | None = 0) -> dict[str, np.ndarray]:
+    """Statistics of (T, H, W) stored depth codes over all sampled pixels, in stored units (millimetres
+    for :class:`~xwam.data.video.DepthMillimetres`), shape (1,), ``count`` = T.
+
+    Pixels equal to ``no_return_code`` (no depth) are left out; an episode without any depth gets
+    zeros. One number per statistic, not one per pixel as lerobot would compute for a vector feature:
+    that would store H x W values per statistic and episode (see the writer in xwam.data.lerobot).
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 3 or not len(codes):
+        raise ValueError(f"depth statistics need (T, H, W) codes, got shape {codes.shape}")
+    values = _sample_frames(codes).reshape(-1)
+    if no_return_code is not None:
+        values = values[values != no_return_code]
+    if not values.size:
+        values = np.zeros(1)
+    return lerobot_stats_arrays(values, count=len(codes))
+
+
+def video_depth_stats_arrays(codes: np.ndarray, bits: int) -> dict[str, np.ndarray]:
+    """Statistics of a format-1 depth *video* (12-bit codes) in the shape lerobot requires of any
+    video feature: (3, 1, 1) in [0, 1] (code / (2**bits - 1), the grey value on all three channels
+    lerobot decodes), so that its tools, which reshape video statistics to (3, 1, 1), accept them."""
+    codes = np.asarray(codes)
+    grey = np.repeat((codes.astype(np.float64) / (2**bits - 1))[..., None], 3, axis=-1)
+    values = _sample_frames(grey).reshape(-1, 3)
+    stats = lerobot_stats_arrays(values, count=len(codes))
+    return {k: v if k == "count" else v.reshape(3, 1, 1) for k, v in stats.items()}
 
 
 def compute_lerobot_stats(
@@ -353,7 +428,32 @@ def compute_lerobot_stats(
             stats[dataset.rgb_keys[cam]] = {
                 k: (np.asarray(v).reshape(-1, 1, 1).tolist() if k != "count" else v) for k, v in s.items()
             }
+        stats.update(_depth_stats(dataset, chosen, image_frames_per_episode))
     return stats
+
+
+def _depth_stats(dataset: Any, episodes: list[int], frames_per_episode: int) -> dict[str, Any]:
+    """stats.json entries of the depth features, from ``frames_per_episode`` evenly spaced frames of
+    each of ``episodes``: stored millimetres, shape (1,), for parquet depth; (3, 1, 1) in [0, 1] for a
+    format-1 depth video (see depth_stats_arrays / video_depth_stats_arrays)."""
+    if not getattr(dataset, "has_depth", False) or not hasattr(dataset, "episode_depth_codes"):
+        return {}
+    out: dict[str, Any] = {}
+    for cam in dataset.camera_names:
+        parts, frames = [], 0
+        for i in episodes:
+            codes = dataset.episode_depth_codes(i, cam)
+            pick = np.unique(np.linspace(0, len(codes) - 1, frames_per_episode).round().astype(int))
+            parts.append(codes[pick])
+            frames += len(pick)
+        codes = np.concatenate(parts)
+        if dataset.depth_storage(cam) == "parquet":
+            arrays = depth_stats_arrays(codes, no_return_code=dataset.depth_codec(cam).no_return_code)
+        else:
+            arrays = video_depth_stats_arrays(codes, dataset.depth_quantizer.bits)
+        arrays["count"] = np.array([frames])
+        out[dataset.depth_keys[cam]] = {k: np.asarray(v).tolist() for k, v in arrays.items()}
+    return out
 
 
 def merge_lerobot_stats(
@@ -387,7 +487,10 @@ def write_dataset_stats(root: str | Path, *, images: bool = True) -> NormStats:
     existing = read_stats_json(path) if path.is_file() else {}
     lerobot_stats = compute_lerobot_stats(dataset, image_episodes=4 if images else 0)
     merged = merge_lerobot_stats(
-        existing, lerobot_stats, sampled=set(dataset.rgb_keys.values()), ours="xwam" in dataset.info
+        existing,
+        lerobot_stats,
+        sampled={*dataset.rgb_keys.values(), *dataset.depth_keys.values()},
+        ours="xwam" in dataset.info,
     )
     norm = compute_norm_stats(dataset)
     atomic_write_json(path, merged)

@@ -1,9 +1,15 @@
-"""Video encoding and decoding for datasets (PyAV), including lossless 12-bit depth video.
+"""Video encoding and decoding for datasets (PyAV), and the two depth encodings datasets use.
 
 RGB is stored as H.264 (``libx264``, ``yuv420p``, CRF 18 by default): visually lossless and read by
-every player and by LeRobot. Depth is stored as a 12-bit log-quantised grey video (``gray12le``)
-compressed with FFV1, which is lossless and intra-only, so the only depth error is the quantiser's
-(see :class:`DepthQuantizer`) and every frame is a key frame (seeking is exact and cheap).
+every player and by LeRobot.
+
+Depth, in datasets written now, is not a video: it is a ``uint16`` vector of millimetres per frame
+in the data parquet (:class:`DepthMillimetres`), because lerobot 0.4.4's own tools re-encode every
+video of a file they edit to 8-bit AV1 (``dataset_tools._keep_episodes_from_video_with_av``) and
+cannot concatenate FFV1 into ``.mp4`` (``aggregate.concatenate_video_files``), while they copy parquet
+columns unchanged. Datasets written before (format 1) store depth as a 12-bit log-quantised grey
+video (``gray12le``) compressed with FFV1 (:class:`DepthQuantizer`): lossless and intra-only, so the
+only error is the quantiser's and every frame is a key frame. Both still read.
 
 Many episodes share one file: frame ``i`` of a file carries the timestamp ``i / fps`` and an episode
 is located by its ``[from_timestamp, to_timestamp)`` range, as in LeRobot v3.
@@ -26,6 +32,8 @@ RGB_CODEC = "libx264"
 RGB_PIX_FMT = "yuv420p"
 DEPTH_CODEC = "ffv1"
 DEPTH_PIX_FMT = "gray12le"
+# the ``depth.encoding`` a parquet depth feature declares in its info block (DepthMillimetres)
+DEPTH_PARQUET_ENCODING = "uint16_mm"
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,66 @@ class DepthQuantizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DepthQuantizer:
         return cls(**{k: data[k] for k in ("depth_min", "depth_max", "shift", "bits") if k in data})
+
+
+@dataclass(frozen=True)
+class DepthMillimetres:
+    """Metric depth as ``uint16`` millimetres, the usual depth-image convention (ROS ``16UC1``).
+
+    ``code = round(depth / scale_m)`` with ``scale_m = 0.001``; ``no_return_code`` (0) marks pixels
+    with no depth (non-finite or non-positive input) and decodes to ``+inf`` (geometry treats it as
+    invalid, the inverse-depth codec reads it as its far plane). Depth is clipped to
+    ``[scale_m, 65535 * scale_m]`` (1 mm to 65.535 m), so inside that range the round-trip error is
+    at most ``scale_m / 2`` = 0.5 mm at every distance (the 12-bit log quantiser of format 1 gives
+    0.58 mm at 0.01 m, 0.74 mm at 1 m and 2.2 mm at 10 m, and clips at 10 m).
+    """
+
+    scale_m: float = 0.001
+    no_return_code: int = 0
+
+    MAX_CODE = 65535
+
+    @property
+    def depth_max(self) -> float:
+        return self.MAX_CODE * self.scale_m
+
+    def encode(self, depth: np.ndarray) -> np.ndarray:
+        """Metric depth (any shape, metres) -> uint16 codes (``no_return_code`` where there is none)."""
+        d = np.asarray(depth, dtype=np.float64)
+        valid = np.isfinite(d) & (d > 0)
+        codes = np.clip(np.rint(np.where(valid, d, 0.0) / self.scale_m), 1, self.MAX_CODE)
+        return np.where(valid, codes, self.no_return_code).astype(np.uint16)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """uint16 codes -> float32 metres; ``no_return_code`` -> +inf."""
+        c = np.asarray(codes)
+        metres = c.astype(np.float64) * self.scale_m
+        return np.where(c == self.no_return_code, np.inf, metres).astype(np.float32)
+
+    def error_bound(self, depth: float | np.ndarray) -> float | np.ndarray:
+        """Worst-case absolute round-trip error (metres) inside ``[scale_m, depth_max]``: half a step
+        (plus the float32 output's rounding, below 4e-6 m up to 65 m)."""
+        return np.full(np.shape(depth), self.scale_m / 2) if np.ndim(depth) else self.scale_m / 2
+
+    def feature_info(self, height: int, width: int) -> dict[str, Any]:
+        """The ``info`` block of the LeRobot feature (lerobot's tools keep it when they rewrite
+        ``meta/info.json``, unlike our top-level ``xwam`` block)."""
+        return {
+            "depth.encoding": DEPTH_PARQUET_ENCODING,
+            "depth.height": int(height),
+            "depth.width": int(width),
+            "depth.unit": "mm",
+            "depth.scale_m": self.scale_m,
+            "depth.no_return_code": self.no_return_code,
+            "depth.is_depth_map": True,
+        }
+
+    @classmethod
+    def from_feature_info(cls, info: dict[str, Any]) -> DepthMillimetres:
+        return cls(
+            scale_m=float(info.get("depth.scale_m", 0.001)),
+            no_return_code=int(info.get("depth.no_return_code", 0)),
+        )
 
 
 class VideoEncoder:
