@@ -70,3 +70,14 @@ def test_clean_errors(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "junk").mkdir()
     assert main(["dataset", "stats", str(tmp_path / "junk")]) == 2
     assert "neither a LeRobot v3 dataset" in capsys.readouterr().err
+
+
+def test_info_names_the_depth_storage_of_each_format(capsys: pytest.CaptureFixture) -> None:
+    fixtures = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+    expected = {"lerobot-0.4.4-xwam-format2/deleted": "uint16 millimetres in the data parquet",
+                "xwam-format1": "12-bit log-quantised FFV1 depth video",
+                "release-format/robocasa": "8-bit release code"}
+    for folder, text in expected.items():
+        assert main(["dataset", "info", str(fixtures / folder)]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("depth "))
+        assert text in line, (folder, line)

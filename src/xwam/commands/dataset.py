@@ -127,7 +127,11 @@ def _summary(ds: Any) -> dict[str, Any]:
             k: {"dtype": f.get("dtype"), "shape": f.get("shape")} for k, f in ds.features.items()
         }
         out["tasks"] = len(ds.tasks)
-        out["depth_encoding"] = ds.info.get("xwam", {}).get("depth")
+        if ds.has_depth:
+            storages = {ds.depth_storage(c) for c in ds.depth_keys}
+            bits = (ds.info.get("xwam", {}).get("depth") or {}).get("bits", 12)
+            out["depth_encoding"] = ("uint16 millimetres in the data parquet (metric)" if storages == {"parquet"}
+                                     else f"{bits}-bit log-quantised FFV1 depth video (metric; older xwam format)")
         out["ignored_features"] = list(getattr(ds, "ignored_features", []))
         out["problems"] = ds.video_problems() if hasattr(ds, "video_problems") else []
         size = sum(p.stat().st_size for p in Path(ds.root).rglob("*") if p.is_file())
