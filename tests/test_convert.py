@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 
 from xwam.cli import main
@@ -31,7 +33,8 @@ def test_a_converted_release_checkpoint_acts_as_the_release_does(tmp_path, capsy
     from xwam.data.stats import NormStats
     from xwam.policy import XWAMPolicy
 
-    monkeypatch.setattr(loading, "load_release_checkpoint", lambda path, cfg: XWAMTransformer(cfg))
+    monkeypatch.setattr(loading, "read_release_state", lambda path: ({}, Path(path)))
+    monkeypatch.setattr(loading, "release_model", lambda raw, cfg, source: XWAMTransformer(cfg))
     rng = np.random.default_rng(0)
     cfg = get_preset("tiny").model
     NormStats.from_arrays(rng.normal(size=(50, cfg.state_dim)), rng.normal(size=(50, cfg.action_dim))).to_json(

@@ -270,25 +270,36 @@ class CheckpointEval:
 
 
 _WORKER_RUNNER: EpisodeRunner | None = None
+_WORKER_ERROR: BaseException | None = None
 
 
 def _start_eval_worker(spec: CheckpointEval, threads: int) -> None:
+    # An initializer that raises makes the pool start workers forever; keep the error and hand it to
+    # the first task instead, so the parent sees it (e.g. a damaged checkpoint) and stops.
     import torch
 
-    global _WORKER_RUNNER
+    global _WORKER_RUNNER, _WORKER_ERROR
     torch.set_num_threads(threads)
-    _WORKER_RUNNER = spec.runner()
+    try:
+        _WORKER_RUNNER = spec.runner()
+    except Exception as exc:  # noqa: BLE001 - re-raised in the parent by the first task
+        _WORKER_ERROR = exc
+
+
+def _worker_runner() -> EpisodeRunner:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
+    assert _WORKER_RUNNER is not None, "worker not initialised"
+    return _WORKER_RUNNER
 
 
 def _worker_description(_: Any = None) -> str:
-    assert _WORKER_RUNNER is not None, "worker not initialised"
-    return _WORKER_RUNNER.description
+    return _worker_runner().description
 
 
 def _run_in_worker(job: tuple[int, str | None]) -> EpisodeResult:
-    assert _WORKER_RUNNER is not None, "worker not initialised"
     seed, video = job
-    return _WORKER_RUNNER.run(seed, Path(video) if video else None)
+    return _worker_runner().run(seed, Path(video) if video else None)
 
 
 def evaluate_checkpoint(
@@ -311,7 +322,6 @@ def evaluate_checkpoint(
     out = _prepare_out(out_dir, videos)
     jobs = [(seed, str(out / "videos") if out is not None and i < videos else None) for i, seed in enumerate(seeds)]
     result = TaskResult(spec.task)
-    bar = tqdm(total=len(seeds), desc=f"eval {spec.task}", unit="ep", disable=not progress)
     start = time.perf_counter()
     if workers == 1:
         runner = spec.runner()
@@ -323,11 +333,17 @@ def evaluate_checkpoint(
 
         # spawn: every worker loads the checkpoint and starts its own renderer
         pool = mp.get_context("spawn").Pool(workers, initializer=_start_eval_worker, initargs=(spec, 1))
-        description = pool.apply(_worker_description)
+        try:
+            description = pool.apply(_worker_description)
+        except BaseException:
+            pool.terminate()
+            raise
         episodes = pool.imap(_run_in_worker, jobs)
         runner, max_steps = None, spec.max_steps
     print(f"evaluating {spec.checkpoint} on {spec.task}, {len(seeds)} episodes, seeds {seeds[0]}..{seeds[-1]}"
           + (f", {workers} worker processes" if workers > 1 else "") + f"; {description}", flush=True)
+    # the bar starts once the checkpoint has loaded: a refused checkpoint prints its one error line only
+    bar = tqdm(total=len(seeds), desc=f"eval {spec.task}", unit="ep", disable=not progress)
     try:
         for ep in episodes:
             result.episodes.append(ep)

@@ -193,6 +193,11 @@ def test_a_damaged_checkpoint_is_refused_by_eval_in_one_line(
     assert main(["eval", "--checkpoint", str(final), "--episodes", "1", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"damaged checkpoint {final}: model.safetensors does not match its checksum" in err[0]
+    # the same from worker processes: the error comes back to the parent, the workers stop
+    assert main(["eval", "--checkpoint", str(final), "--episodes", "2", "--workers", "2",
+                 "--out", str(tmp_path / "eval2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"damaged checkpoint {final}: model.safetensors does not match its checksum" in err[0]
 
 
 def test_leftovers_of_an_interrupted_save_are_cleaned_and_latest_recovered(synthetic_dataset: Path,

@@ -196,14 +196,21 @@ class _EpisodeRecorder:
 
 
 _WORKER_RECORDER: _EpisodeRecorder | None = None
+_WORKER_ERROR: BaseException | None = None
 
 
 def _start_worker(*args: Any) -> None:
-    global _WORKER_RECORDER
-    _WORKER_RECORDER = _EpisodeRecorder(*args)
+    # An initializer that raises makes the pool start workers forever: keep the error for the first task.
+    global _WORKER_RECORDER, _WORKER_ERROR
+    try:
+        _WORKER_RECORDER = _EpisodeRecorder(*args)
+    except Exception as exc:  # noqa: BLE001 - re-raised in the parent by the first task
+        _WORKER_ERROR = exc
 
 
 def _record_in_worker(seed: int) -> Episode:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
     assert _WORKER_RECORDER is not None, "worker not initialised"
     return _WORKER_RECORDER(seed)
 
