@@ -226,12 +226,18 @@ class PolicyConfig:
     center_crop: float = 1.0
     # actions executed from each chunk before re-planning (None: half the chunk); the release: 32
     replan_every: int | None = None
+    # how the simulator's signals map to the model's (xwam.evaluate): "xwam" (its 8-d state and 7-d
+    # OSC command as they are) or "release_single_arm" (the release's RoboCasa convention: 16-d state,
+    # the first 7 of 14 action dims with the gripper sign flipped back). Set by training on release data.
+    robot_io: Literal["xwam", "release_single_arm"] = "xwam"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"policy.center_crop must lie in (0, 1], got {self.center_crop}")
         if self.replan_every is not None and self.replan_every < 1:
             raise ValueError(f"policy.replan_every must be >= 1 (or null), got {self.replan_every}")
+        if self.robot_io not in ("xwam", "release_single_arm"):
+            raise ValueError(f"policy.robot_io must be 'xwam' or 'release_single_arm', got {self.robot_io!r}")
 
 
 # what a release checkpoint needs to act as the release does (`xwam convert release:` stores it)

@@ -128,9 +128,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     else:
         s.announce(f"{cfg.episodes} {cfg.task} demonstrations + {cfg.heldout_episodes} held-out, "
                    f"{m.image_height}x{m.image_width}, 3 RGB-D cameras",
-                   # measured: ~3.6 s per Lift episode at 64x64, ~6.4 s at 128x128, in one process
-                   estimate_s=3.6 * (cfg.episodes + cfg.heldout_episodes) * (m.image_height * m.image_width / 4096) ** 0.5
-                   / cfg.workers)
+                   # measured: ~3.6 s per Lift episode at 64x64 (~6.4 s at 128x128) in one process; perturbed
+                   # episodes are longer (the expert corrects), ~7 s at --perturb 0.3 with two processes sharing 2 cores
+                   estimate_s=3.6 * (1 + 2 * cfg.perturb) * (cfg.episodes + cfg.heldout_episodes)
+                   * (m.image_height * m.image_width / 4096) ** 0.5 / cfg.workers)
         from xwam.commands.collect import collect
 
         # held-out episodes are recorded like the evaluation: the expert's own path, no perturbation

@@ -60,12 +60,32 @@ class TaskResult:
         }
 
 
-def observation_dict(sim_obs: Any, camera_names: Sequence[str], prompt: str) -> dict[str, Any]:
-    """A simulator observation in the openpi layout the policy and the server accept."""
+ROBOT_IO = ("xwam", "release_single_arm")
+
+
+def observation_dict(sim_obs: Any, camera_names: Sequence[str], prompt: str, robot_io: str = "xwam") -> dict[str, Any]:
+    """A simulator observation in the openpi layout the policy and the server accept; with
+    ``robot_io="release_single_arm"`` the state is the release's 16-d RoboCasa state
+    (:meth:`xwam.sim.envs.SimEnv.release_state`)."""
     obs: dict[str, Any] = {OBS_IMAGE_PREFIX + c: sim_obs.rgb[c] for c in camera_names}
-    obs[OBS_STATE_KEY] = np.asarray(sim_obs.state, np.float32)
+    state = sim_obs.release_state if robot_io == "release_single_arm" else sim_obs.state
+    obs[OBS_STATE_KEY] = np.asarray(state, np.float32)
     obs["prompt"] = prompt
     return obs
+
+
+def sim_action(action: np.ndarray, robot_io: str = "xwam") -> np.ndarray:
+    """The simulator's 7-d OSC command from one model action. ``release_single_arm``: the first 7 of
+    the release's 14 dims, with the gripper negated back (the release trains on minus RoboCasa's
+    command, so that +1 = open like the state), as its RoboCasa client does."""
+    if robot_io not in ROBOT_IO:
+        raise ValueError(f"unknown robot_io {robot_io!r}; expected one of {ROBOT_IO}")
+    action = np.asarray(action, np.float32)
+    if robot_io == "xwam":
+        return action
+    out = action[:7].copy()
+    out[6] = -out[6]
+    return out
 
 
 def side_by_side(frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -98,6 +118,7 @@ def run_episode(
     chunk_timer: Callable[[], tuple[int, float]] | None = None,
     record: bool = False,
     post_success_steps: int = 5,
+    robot_io: str = "xwam",
 ) -> tuple[EpisodeResult, list[np.ndarray]]:
     obs = env.reset(seed)
     reset_policy()
@@ -107,7 +128,7 @@ def run_episode(
     for steps in range(1, max_steps + 1):
         if record:
             frames.append(side_by_side([obs.rgb[c] for c in camera_names]))
-        action = select_action(observation_dict(obs, camera_names, env.instruction))
+        action = sim_action(select_action(observation_dict(obs, camera_names, env.instruction, robot_io)), robot_io)
         obs, done = env.step(action)
         if obs.success and first_success is None:
             first_success = steps
@@ -151,7 +172,8 @@ class EpisodeRunner:
     def __init__(self, infer: Callable[[dict[str, Any], np.ndarray | None], np.ndarray], *, task: str,
                  camera_names: Sequence[str], image_size: tuple[int, int], action_horizon: int,
                  replan_every: int | None = None, rtc_delay: int = 0, max_steps: int | None = None,
-                 env_kwargs: dict[str, Any] | None = None, reseed: Callable[[int], None] | None = None) -> None:
+                 env_kwargs: dict[str, Any] | None = None, reseed: Callable[[int], None] | None = None,
+                 robot_io: str = "xwam") -> None:
         from xwam.policy import ActionChunker
         from xwam.sim.envs import make_env
 
@@ -163,6 +185,7 @@ class EpisodeRunner:
         self.max_steps = max_steps or self.env.horizon
         self.reseed = reseed
         self.task = task
+        self.robot_io = robot_io
         self.description = ""  # how the source acts, when it can say (see XWAMPolicy.describe)
 
     def run(self, seed: int, video_path: Path | None = None) -> EpisodeResult:
@@ -171,7 +194,8 @@ class EpisodeRunner:
             self.reseed(int(seed))
         record = video_path is not None and bool(self.camera_names)
         ep, frames = run_episode(self.env, self.chunker.select_action, self.chunker.reset, int(seed),
-                                 self.max_steps, self.camera_names, self.timed.pop, record=record)
+                                 self.max_steps, self.camera_names, self.timed.pop, record=record,
+                                 robot_io=self.robot_io)
         if record and frames:
             tag = "success" if ep.success else "failure"
             write_mp4(video_path / f"{self.task}_seed{seed}_{tag}.mp4", frames, self.env.control_freq)
@@ -199,6 +223,7 @@ def evaluate(
     policy_label: str | None = None,
     results_extra: dict[str, Any] | None = None,
     reseed: Callable[[int], None] | None = None,
+    robot_io: str = "xwam",
 ) -> TaskResult:
     """Run ``len(seeds)`` closed-loop episodes of ``task`` with a chunk source ``infer``.
 
@@ -207,7 +232,7 @@ def evaluate(
     is added to results.json; ``reseed`` see :class:`EpisodeRunner`."""
     runner = EpisodeRunner(infer, task=task, camera_names=camera_names, image_size=image_size,
                            action_horizon=action_horizon, replan_every=replan_every, rtc_delay=rtc_delay,
-                           max_steps=max_steps, env_kwargs=env_kwargs, reseed=reseed)
+                           max_steps=max_steps, env_kwargs=env_kwargs, reseed=reseed, robot_io=robot_io)
     out = _prepare_out(out_dir, videos and camera_names)
     result = TaskResult(task, policy=policy_label)
     bar = tqdm(list(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
@@ -264,7 +289,8 @@ class CheckpointEval:
                                task=self.task, camera_names=meta["camera_names"],
                                image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
                                replan_every=meta["replan_every"], rtc_delay=self.rtc_delay,
-                               max_steps=self.max_steps, reseed=policy.generator.manual_seed)
+                               max_steps=self.max_steps, reseed=policy.generator.manual_seed,
+                               robot_io=policy.config.policy.robot_io)
         runner.description = policy.describe() + (f", real-time chunking delay {self.rtc_delay}" if self.rtc_delay else "")
         return runner
 

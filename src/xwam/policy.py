@@ -178,6 +178,7 @@ class XWAMPolicy:
             "replan_every": self.chunker.replan_every,
             "integer_timesteps": self.config.sampler.integer_timesteps,
             "center_crop": self.config.policy.center_crop,
+            "robot_io": self.config.policy.robot_io,
         }
 
     def describe(self) -> str:
@@ -188,6 +189,8 @@ class XWAMPolicy:
             parts.append("integer timesteps")
         if self.config.policy.center_crop < 1.0:
             parts.append(f"centre crop {self.config.policy.center_crop:g}")
+        if self.config.policy.robot_io != "xwam":
+            parts.append(f"robot signals in the {self.config.policy.robot_io} layout")
         return ", ".join(parts)
 
     def _images(self, obs: dict[str, Any]) -> list[Any]:

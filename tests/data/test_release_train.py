@@ -61,3 +61,14 @@ def test_train_then_diagnose_on_release_data(tmp_path: Path, capsys: pytest.Capt
     assert main(["imagine", "--checkpoint", str(checkpoint), "--episode", f"{data}:0",
                  "--out", str(tmp_path / "imagine")]) != 0
     assert "'codec_unit' depth" in capsys.readouterr().err and not (tmp_path / "imagine" / "clouds").exists()
+
+    # one-arm release data: the checkpoint acts in the simulator in the release's RoboCasa layout
+    # (16-d state in, the first 7 of 14 action dims out, gripper sign flipped back)
+    assert config["policy"]["robot_io"] == "release_single_arm"
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--task", "Lift", "--episodes", "1", "--max-steps", "3",
+                 "--videos", "0", "--out", str(out)]) == 0
+    assert "robot signals in the release_single_arm layout" in capsys.readouterr().out
+    (episode,) = json.loads((out / "results.json").read_text())["episodes"]["Lift"]
+    assert episode["length"] == 3 and episode["chunks"] == 1

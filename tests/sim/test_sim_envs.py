@@ -211,3 +211,27 @@ def test_registered_task_with_its_own_camera():
     # the look-at target (table centre) is at the image centre
     pixel, _ = project_points(obs.intrinsics["front_high"], T, np.array([camera.target]))
     np.testing.assert_allclose(pixel[0], [32.0, 24.0], atol=1e-3)
+
+
+def test_release_state_is_the_release_clients_hand_and_actions_map_back():
+    from xwam.evaluate import observation_dict, sim_action
+
+    env = make_env("Lift", cameras=())
+    try:
+        obs = env.reset(seed=0)
+        s0 = obs.release_state
+        assert s0.shape == (16,) and not s0[8:].any()
+        assert abs(np.linalg.norm(s0[3:7]) - 1) < 1e-5 and s0[3] >= 0 and 0 < s0[7] <= 1
+        # base-frame position: same displacement as the world-frame one (the base does not turn here)
+        for _ in range(5):
+            obs, _ = env.step(np.array([0, 0, 1.0, 0, 0, 0, -1.0]))
+        np.testing.assert_allclose(obs.release_state[:3] - s0[:3], obs.state[:3] - env.reset(seed=0).state[:3],
+                                   atol=1e-6)
+        assert observation_dict(obs, [], "lift", "release_single_arm")["observation/state"].shape == (16,)
+    finally:
+        env.close()
+    release_action = np.arange(14, dtype=np.float32) / 10
+    release_action[6] = 1.0  # +1 = open in the release's training convention
+    np.testing.assert_allclose(sim_action(release_action, "release_single_arm"),
+                               [0, 0.1, 0.2, 0.3, 0.4, 0.5, -1.0], rtol=1e-6)  # robosuite: -1 = open
+    np.testing.assert_array_equal(sim_action(release_action[:7], "xwam"), release_action[:7])

@@ -126,7 +126,7 @@ def eval_policy(
                 infer, task=task, seeds=seeds, camera_names=meta["camera_names"],
                 image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
                 replan_every=replan_every or meta.get("replan_every"), rtc_delay=rtc_delay, max_steps=max_steps,
-                out_dir=out / task, videos=videos,
+                out_dir=out / task, videos=videos, robot_io=meta.get("robot_io", "xwam"),
             ))
     write_results(out, results)
     print(markdown_table(results))

@@ -191,6 +191,8 @@ class SimObservation:
     state: np.ndarray
     success: bool
     step: int
+    #: (16,) the same hand in the X-WAM release's RoboCasa convention (:meth:`SimEnv.release_state`)
+    release_state: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +410,32 @@ class SimEnv:
         quat = _quat_wxyz_from_matrix(np.array(data.site_xmat[self._eef_site]).reshape(3, 3))
         return np.concatenate([pos, quat, [self.gripper_opening()]]).astype(np.float32)
 
+    def release_state(self) -> np.ndarray:
+        """(16,) float32: the hand as the X-WAM release's RoboCasa client reports it, so a model trained
+        on release data can act here: xyz in the arm controller's base frame, the quaternion (w, x, y,
+        z; w >= 0) of ``R_base_eef`` times a +90 degree turn about z (the release relabels the hand's
+        axes), the first finger joint over its 0.04 m travel (1 = open), then 8 zeros (no right arm)."""
+        data = self.sim.data
+        pos = np.array(data.site_xpos[self._eef_site])
+        rot = np.array(data.site_xmat[self._eef_site]).reshape(3, 3)
+        robot = self._env.robots[0]
+        ctrl = robot.composite_controller.part_controllers.get(self._arm)
+        origin_pos = getattr(ctrl, "origin_pos", None)
+        origin_ori = getattr(ctrl, "origin_ori", None)
+        if origin_pos is None or origin_ori is None:  # before the controller's first update: the base body
+            base = self.sim.model.body_name2id(robot.robot_model.root_body)
+            origin_pos, origin_ori = data.xpos[base], data.xmat[base].reshape(3, 3)
+        origin_ori = np.asarray(origin_ori).reshape(3, 3)
+        rz90 = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        gripper = robot.gripper[self._arm]
+        joint = self.sim.model.joint_name2id(gripper.joints[0])
+        finger = float(data.qpos[self.sim.model.jnt_qposadr[joint]]) / 0.04
+        state = np.zeros(16, np.float32)
+        state[:3] = origin_ori.T @ (pos - np.asarray(origin_pos))
+        state[3:7] = _quat_wxyz_from_matrix(origin_ori.T @ rot @ rz90)
+        state[7] = np.clip(finger, 0.0, 1.0)
+        return state
+
     def gripper_opening(self) -> float:
         """Finger opening in [0, 1]: the summed finger joint travel over its full range."""
         gripper = self._env.robots[0].gripper[self._arm]
@@ -459,6 +487,7 @@ class SimEnv:
             state=self.end_effector_state(),
             success=self.success(),
             step=self._steps,
+            release_state=self.release_state(),
         )
 
 

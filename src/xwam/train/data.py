@@ -104,6 +104,10 @@ def check_data_matches_model(
     if kinds:
         m = dataclasses.replace(m, depth_kind=next(iter(kinds.values())))
         cfg = dataclasses.replace(cfg, model=m)
+    # one-arm release (RoboCasa) data: the policy speaks the release's robot layout in the simulator
+    if (all(getattr(src, "action_mode", None) == "raw" for src in sources) and stats.state_dim == 16
+            and stats.action_dim == 14 and not stats.state_valid[8:].any()):
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, robot_io="release_single_arm"))
     for src, root in zip(sources, roots):
         if len(src.camera_names) != m.num_views:
             raise ValueError(
