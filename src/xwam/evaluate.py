@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from xwam.atomic import atomic_path, atomic_write_json, atomic_write_text
 from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
+from xwam.processes import portable_error
 
 
 @dataclass
@@ -320,12 +321,18 @@ def _worker_runner() -> EpisodeRunner:
 
 
 def _worker_description(_: Any = None) -> str:
-    return _worker_runner().description
+    try:
+        return _worker_runner().description
+    except Exception as exc:
+        raise portable_error(exc) from None
 
 
 def _run_in_worker(job: tuple[int, str | None]) -> EpisodeResult:
     seed, video = job
-    return _worker_runner().run(seed, Path(video) if video else None)
+    try:
+        return _worker_runner().run(seed, Path(video) if video else None)
+    except Exception as exc:
+        raise portable_error(exc) from None
 
 
 def evaluate_checkpoint(

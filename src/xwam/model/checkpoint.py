@@ -41,6 +41,10 @@ class CheckpointError(ValueError):
         super().__init__(f"damaged checkpoint {path}: {reason}")
         self.path, self.reason = Path(path), reason
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from its own arguments when it crosses a process boundary (evaluation workers)
+        return type(self), (self.path, self.reason)
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from xwam.data.episode import Episode
+from xwam.processes import portable_error
 from xwam.sim.envs import DEFAULT_CAMERAS, SimEnv, SimObservation, make_env
 from xwam.sim.experts import make_expert
 
@@ -209,10 +210,13 @@ def _start_worker(*args: Any) -> None:
 
 
 def _record_in_worker(seed: int) -> Episode:
-    if _WORKER_ERROR is not None:
-        raise _WORKER_ERROR
-    assert _WORKER_RECORDER is not None, "worker not initialised"
-    return _WORKER_RECORDER(seed)
+    try:
+        if _WORKER_ERROR is not None:
+            raise _WORKER_ERROR
+        assert _WORKER_RECORDER is not None, "worker not initialised"
+        return _WORKER_RECORDER(seed)
+    except Exception as exc:
+        raise portable_error(exc) from None
 
 
 def collect_in_parallel(
