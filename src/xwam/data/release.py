@@ -51,9 +51,9 @@ Depth: decoded as RGB24 (what the release's decord decode returns; a grey video 
 channel 0, mapped to ``v / 127.5 - 1`` in [-1, 1] (near bright = +1), never to metres:
 ``Episode.meta["depth_kind"] = "codec_unit"`` (see :mod:`xwam.codecs.depth`).
 
-Statistics: :func:`release_statistics` computes q01/q99 as the release's statistics script does,
-in its key schema; :func:`read_release_statistics` reads them from the release's YAML files;
-:func:`norm_stats_from_release` turns them into our NormStats.
+Statistics (the second half of this file): :func:`release_statistics` computes q01/q99 as the
+release's statistics script does, in its key schema; :func:`read_release_statistics` reads them from
+the release's YAML files; :func:`norm_stats_from_release` turns them into our NormStats.
 """
 
 from __future__ import annotations
@@ -454,24 +454,35 @@ def _state_action(signals: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]
             state[:, s : s + 3], state[:, s + 3 : s + 7], state[:, s + 7] = pos, canonical_quat_wxyz(rot), grip
     action = np.zeros((T, ACTION_DIM))
     raw = signals["raw"]
-    if raw is not None:
-        for slot in range(raw.shape[1] // ARM_ACTION):
-            cols = raw[:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
-            a = slot * ARM_ACTION
-            action[:, a : a + 6] = cols[:, :6]
-            action[:, a + 6] = -cols[:, 6]  # RoboCasa: -1 = open; negated, +1 = open like the state
-        steps = T
-    else:
-        for slot, arm in enumerate(ARMS):
-            if arm not in signals["target"]:
-                continue
-            (pos, rot, grip), (tpos, trot) = signals["proprio"][arm], signals["target"][arm]
-            a = slot * ARM_ACTION
-            action[: T - 1, a : a + 3] = (tpos - pos)[: T - 1]
-            action[: T - 1, a + 3 : a + 6] = rotation_delta_vectors(trot, rot)[: T - 1]
-            action[: T - 1, a + 6] = np.diff(grip)  # gripper[t + 1] - gripper[t]: the last frame has none
-        steps = T - 1
+    steps = T if raw is not None else T - 1  # delta mode: the last frame has no next gripper
+    for slot, arm in enumerate(ARMS):
+        motion = arm_motion(signals, slot, arm)
+        if motion is None:
+            continue
+        a = slot * ARM_ACTION
+        action[:steps, a : a + 3], action[:steps, a + 3 : a + 6] = motion[0][:steps], motion[1][:steps]
+        if raw is not None:  # RoboCasa: -1 = open; negated, +1 = open like the state
+            action[:, a + 6] = -raw[:, slot * ARM_ACTION + 6]
+        else:  # gripper[t + 1] - gripper[t]
+            action[:steps, a + 6] = np.diff(signals["proprio"][arm][2])
     return state.astype(np.float32), action.astype(np.float32), steps
+
+
+def arm_motion(signals: dict[str, Any], slot: int, arm: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """One arm's (T, 3) position and (T, 3) rotation-vector action for every frame, un-normalised:
+    raw mode: ``raw_actions`` columns 0-2 and 3-5 of its slot; delta mode: target minus proprio
+    position and the rotation vector of ``R_target R_proprio^T``. None when the arm has no action.
+    The one owner of these deltas: episodes and the release's statistics both use it."""
+    raw = signals["raw"]
+    if raw is not None:
+        if raw.shape[1] < (slot + 1) * ARM_ACTION:
+            return None
+        cols = raw[:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
+        return cols[:, :3], cols[:, 3:6]
+    if arm not in signals["target"]:
+        return None
+    (pos, rot, _grip), (tpos, trot) = signals["proprio"][arm], signals["target"][arm]
+    return tpos - pos, rotation_delta_vectors(trot, rot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,15 +539,10 @@ def release_statistics(dataset: ReleaseDataset, static_threshold: float = STATIC
             pos[arm].append(p)
             grippers.append(grip)
             grip_deltas.append(np.diff(grip))
-            if sig["raw"] is not None:
-                if sig["raw"].shape[1] >= (slot + 1) * ARM_ACTION:
-                    cols = sig["raw"][:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
-                    dxyz[arm].append(cols[:, :3])
-                    drot[arm].append(cols[:, 3:6])
-            else:
-                tpos, trot = sig["target"][arm]
-                dxyz[arm].append(tpos - p)
-                drot[arm].append(rotation_delta_vectors(trot, rot))
+            motion = arm_motion(sig, slot, arm)
+            if motion is not None:
+                dxyz[arm].append(motion[0])
+                drot[arm].append(motion[1])
     if not grippers:
         raise DatasetError(f"{dataset.root}: no episodes to compute statistics from")
     q01: dict[str, list[float]] = {}

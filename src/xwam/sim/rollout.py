@@ -162,8 +162,9 @@ def collect_expert_episodes(
     ``success=False``. ``noise`` is the expert's own command noise (recorded as executed); ``perturb``
     the std of the recovery perturbation (executed, not recorded; see the module docstring). ``meta``
     records the seed, the task name, the expert noise and the perturbation."""
-    recorder = _EpisodeRecorder(task, height, width, tuple(cameras), max_steps, noise, perturb,
-                                post_success_steps, fast_render, hard_reset)
+    recorder = _EpisodeRecorder(task, height=height, width=width, cameras=tuple(cameras), max_steps=max_steps,
+                                noise=noise, perturb=perturb, post_success_steps=post_success_steps,
+                                fast_render=fast_render, hard_reset=hard_reset)
     try:
         for seed in seeds:
             episode = recorder(int(seed))
@@ -177,10 +178,10 @@ def collect_expert_episodes(
 class _EpisodeRecorder:
     """One environment and expert that record an episode per seed (in this process or a worker's)."""
 
-    def __init__(self, task: str, height: int, width: int, cameras: tuple[str, ...], max_steps: int | None,
-                 noise: float, perturb: float, post_success_steps: int, fast_render: bool = True,
-                 hard_reset: bool = True) -> None:
-        self.env = make_env(task, cameras=cameras, height=height, width=width, fast_render=fast_render,
+    def __init__(self, task: str, *, height: int = 128, width: int = 128, cameras: Sequence[str] = DEFAULT_CAMERAS,
+                 max_steps: int | None = None, noise: float = 0.0, perturb: float = 0.0,
+                 post_success_steps: int = 10, fast_render: bool = True, hard_reset: bool = True) -> None:
+        self.env = make_env(task, cameras=tuple(cameras), height=height, width=width, fast_render=fast_render,
                             hard_reset=hard_reset)
         self.expert = make_expert(self.env, noise=noise)
         self.perturbation = PositionNoise(perturb) if perturb > 0 else None
@@ -200,11 +201,11 @@ _WORKER_RECORDER: _EpisodeRecorder | None = None
 _WORKER_ERROR: BaseException | None = None
 
 
-def _start_worker(*args: Any) -> None:
+def _start_worker(task: str, recording: dict[str, Any]) -> None:
     # An initializer that raises makes the pool start workers forever: keep the error for the first task.
     global _WORKER_RECORDER, _WORKER_ERROR
     try:
-        _WORKER_RECORDER = _EpisodeRecorder(*args)
+        _WORKER_RECORDER = _EpisodeRecorder(task, **recording)
     except Exception as exc:  # noqa: BLE001 - re-raised in the parent by the first task
         _WORKER_ERROR = exc
 
@@ -224,16 +225,11 @@ def collect_in_parallel(
     seeds: Iterator[int],
     workers: int,
     wanted: Callable[[int], bool],
-    *,
-    height: int = 128,
-    width: int = 128,
-    cameras: Sequence[str] = DEFAULT_CAMERAS,
-    max_steps: int | None = None,
-    noise: float = 0.0,
-    perturb: float = 0.0,
-    post_success_steps: int = 10,
+    **recording: Any,
 ) -> Iterator[Episode]:
-    """Episodes of consecutive ``seeds`` recorded by ``workers`` processes, yielded in seed order.
+    """Episodes of consecutive ``seeds`` recorded by ``workers`` processes, yielded in seed order;
+    ``recording`` takes the recording keywords of :func:`collect_expert_episodes` (height, width,
+    cameras, max_steps, noise, perturb, post_success_steps, ...).
 
     Every episode depends only on its seed, so the result is the same as one process's; only the
     time changes. ``wanted(in_flight)`` is asked before each new seed is started: it says whether
@@ -244,8 +240,7 @@ def collect_in_parallel(
 
     # spawn: each worker starts its own renderer instead of inheriting the parent's state
     ctx = mp.get_context("spawn")
-    args = (task, height, width, tuple(cameras), max_steps, noise, perturb, post_success_steps)
-    with ctx.Pool(workers, initializer=_start_worker, initargs=args) as pool:
+    with ctx.Pool(workers, initializer=_start_worker, initargs=(task, recording)) as pool:
         pending: dict[int, Any] = {}
         order: list[int] = []
         exhausted = False
