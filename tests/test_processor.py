@@ -132,13 +132,14 @@ def test_release_depth_is_encoded_as_it_is(release_clips):
     torch.testing.assert_close(proc.decode_depth(latents, "codec_unit"), depth, rtol=0, atol=1e-6)
 
 
-def test_metric_depth_still_goes_through_inverse_depth(processor):
-    from xwam.codecs.depth import InverseDepthEncoding
+def test_metric_depth_goes_through_the_models_depth_curve(processor):
+    from xwam.codecs.depth import DepthEncoding
 
     cfg = processor.cfg
     depth = 0.3 + torch.rand(2, cfg.num_views, cfg.num_frames, cfg.image_height, cfg.image_width,
                              generator=torch.Generator().manual_seed(0))
-    frames = InverseDepthEncoding(cfg.depth_near, cfg.depth_far).depth_to_frames(depth)
+    assert cfg.depth_curve == "inverse"  # the default, the release's representation
+    frames = DepthEncoding(cfg.depth_near, cfg.depth_far, "inverse").depth_to_frames(depth)
     want = processor.depth_codec.encode(frames.flatten(0, 1)).unflatten(0, (2, cfg.num_views))
     torch.testing.assert_close(processor.encode_depth(depth, "metric"), want, rtol=0, atol=0)
     torch.testing.assert_close(processor.encode_depth(depth, ["metric", "metric"]), want, rtol=0, atol=0)
@@ -146,6 +147,27 @@ def test_metric_depth_still_goes_through_inverse_depth(processor):
     unit = frames[:, :, 0]  # the same depth, already in codec units
     mixed = processor.encode_depth(torch.stack([depth[0], unit[1]]), ["metric", "codec_unit"])
     torch.testing.assert_close(mixed, want, rtol=0, atol=1e-6)
+
+
+def test_a_log_depth_model_encodes_fits_and_decodes_log_depth():
+    from xwam.codecs.depth import DepthEncoding
+
+    cfg = get_preset("tiny").override(["model.depth_curve=log", "model.codec=pca", "model.latent_channels=12"]).model
+    rng = np.random.default_rng(0)
+    stats = NormStats.from_arrays(rng.normal(size=(200, cfg.state_dim)), rng.normal(size=(200, cfg.action_dim)))
+    shape = (4, cfg.num_views, cfg.num_frames, cfg.image_height, cfg.image_width)
+    depth = torch.exp(torch.empty(shape).uniform_(np.log(0.05), np.log(5.0), generator=torch.Generator().manual_seed(1)))
+    images = torch.randint(0, 256, (*shape[:3], 3, *shape[3:]), dtype=torch.uint8)
+    state = XWAMProcessor.fit_codec_state(cfg, images, depth, "metric")
+    processor = XWAMProcessor.build(cfg, stats, codec_state=state)
+    log = DepthEncoding(cfg.depth_near, cfg.depth_far, "log")
+    assert processor.depth_encoding == log
+    frames = log.depth_to_frames(depth)
+    want = processor.depth_codec.encode(frames.flatten(0, 1)).unflatten(0, shape[:2])
+    torch.testing.assert_close(processor.encode_depth(depth, "metric"), want, rtol=0, atol=0)
+    # the codec keeps every component of a 2x2 patch x 3 channels (12): decoding is exact
+    torch.testing.assert_close(processor.decode_depth(want), depth, rtol=2e-4, atol=0)
+    assert get_preset("small").model.depth_curve == "log"  # the CPU demo's model
 
 
 def test_depth_of_a_missing_or_unknown_kind_is_refused(processor, release_clips):

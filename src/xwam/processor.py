@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from xwam.codecs import (
-    InverseDepthEncoding,
+    DepthEncoding,
     LatentCodec,
     build_codec,
     build_text_encoder,
@@ -37,11 +37,11 @@ from xwam.diffusion.sampler import Conditioning
 
 
 class XWAMProcessor:
-    """``codec`` encodes RGB; ``depth_codec`` encodes inverse-depth frames (the same codec, except for
+    """``codec`` encodes RGB; ``depth_codec`` encodes depth frames (the same codec, except for
     fitted codecs, which fit one basis per stream).
 
     Depth comes with its kind (:mod:`xwam.codecs.depth`): ``metric`` depth (metres) is encoded through
-    :class:`InverseDepthEncoding`, ``codec_unit`` depth (the release's v / 127.5 - 1, already in
+    :class:`DepthEncoding` (the model's ``depth_curve``), ``codec_unit`` depth (the release's v / 127.5 - 1, already in
     [-1, 1]) is used as it is; depth of a missing or unknown kind is refused."""
 
     def __init__(
@@ -64,7 +64,7 @@ class XWAMProcessor:
         self.depth_codec = depth_codec if depth_codec is not None else codec
         self.text_encoder = text_encoder
         self.norm_stats = norm_stats
-        self.depth_encoding = InverseDepthEncoding(near=cfg.depth_near, far=cfg.depth_far)
+        self.depth_encoding = DepthEncoding.of_model(cfg)
         self.device = torch.device(device)
 
     @classmethod
@@ -108,7 +108,7 @@ class XWAMProcessor:
         frames = _flat_frames(images)
         rgb = PatchPCACodec.fit(frames, cfg.spatial_compression, cfg.latent_channels)
         if depth is not None:
-            encoding = InverseDepthEncoding(near=cfg.depth_near, far=cfg.depth_far)
+            encoding = DepthEncoding.of_model(cfg)
             depth_frames = depth_frames_of_kinds(depth.float(), depth_kind, encoding).flatten(0, 1)
         else:
             depth_frames = frames.mean(dim=1, keepdim=True).expand_as(frames)
@@ -152,7 +152,7 @@ class XWAMProcessor:
     @torch.no_grad()
     def encode_depth(self, depth: torch.Tensor, kind: str | Sequence[str] | None) -> torch.Tensor:
         """(B, V, F, H, W) depth of ``kind`` (one kind, or one per clip as a collated batch holds them)
-        -> (B, V, C, T, h, w) depth latents. ``metric``: metres through the inverse-depth encoding;
+        -> (B, V, C, T, h, w) depth latents. ``metric``: metres through the model's depth encoding;
         ``codec_unit``: [-1, 1] values used as they are. A missing or unknown kind is refused."""
         batch, views = depth.shape[:2]
         frames = depth_frames_of_kinds(depth.to(self.device).float(), kind, self.depth_encoding)  # (B, V, 3, F, H, W)
@@ -313,7 +313,7 @@ def finite_as_float32(values: np.ndarray) -> bool:
 
 
 def depth_frames_of_kinds(depth: torch.Tensor, kind: str | Sequence[str] | None,
-                          encoding: InverseDepthEncoding) -> torch.Tensor:
+                          encoding: DepthEncoding) -> torch.Tensor:
     """(B, V, F, H, W) depth -> (B, V, 3, F, H, W) codec frames; ``kind`` is one kind for the whole
     batch or one per clip (a batch may mix metric and release datasets)."""
     if kind is None or isinstance(kind, str):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from xwam.codecs import (
-    InverseDepthEncoding,
+    DepthEncoding,
     PixelCodec,
     align_relative_inverse_depth,
     relative_inverse_depth_from_uint8,
@@ -11,8 +11,9 @@ from xwam.codecs import (
 )
 
 
-def test_round_trip_is_exact_to_float_precision() -> None:
-    enc = InverseDepthEncoding()
+@pytest.mark.parametrize("curve", ["inverse", "log"])
+def test_round_trip_is_exact_to_float_precision(curve: str) -> None:
+    enc = DepthEncoding(curve=curve)
     depth64 = torch.exp(torch.linspace(np.log(enc.near), np.log(enc.far), 10_001, dtype=torch.float64))
     depth64 = depth64.reshape(1, 1, 10_001)  # (F, H, W)
     back64 = enc.frames_to_depth(enc.depth_to_frames(depth64))
@@ -27,16 +28,18 @@ def test_round_trip_is_exact_to_float_precision() -> None:
     assert relative < 5e-6
 
 
-def test_endpoints_and_monotonicity() -> None:
-    enc = InverseDepthEncoding(near=0.1, far=2.0)
-    assert enc.to_unit(torch.tensor([0.1, 2.0], dtype=torch.float64)).tolist() == [1.0, -1.0]
+@pytest.mark.parametrize("curve", ["inverse", "log"])
+def test_endpoints_and_monotonicity(curve: str) -> None:
+    enc = DepthEncoding(near=0.1, far=2.0, curve=curve)
+    assert enc.to_unit(torch.tensor([0.1, 2.0], dtype=torch.float64)).tolist() == pytest.approx([1.0, -1.0], abs=1e-15)
     values = enc.to_unit(torch.linspace(0.1, 2.0, 500))
     assert (values[1:] < values[:-1]).all()  # strictly decreasing: nearer is brighter
     assert (enc.from_unit(torch.linspace(-1, 1, 500)).diff() < 0).all()
 
 
-def test_clamping_outside_range() -> None:
-    enc = InverseDepthEncoding(near=0.05, far=5.0)
+@pytest.mark.parametrize("curve", ["inverse", "log"])
+def test_clamping_outside_range(curve: str) -> None:
+    enc = DepthEncoding(near=0.05, far=5.0, curve=curve)
     depth = torch.tensor([0.0, 0.01, 10.0, float("inf")])
     back = enc.from_unit(enc.to_unit(depth))
     assert torch.allclose(back, torch.tensor([0.05, 0.05, 5.0, 5.0]))
@@ -44,11 +47,13 @@ def test_clamping_outside_range() -> None:
     with pytest.raises(ValueError, match="NaN"):
         enc.to_unit(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="near"):
-        InverseDepthEncoding(near=1.0, far=0.5)
+        DepthEncoding(near=1.0, far=0.5)
+    with pytest.raises(ValueError, match="curve"):
+        DepthEncoding(curve="linear")
 
 
 def test_frames_layout_replicates_channels_and_averages_on_decode() -> None:
-    enc = InverseDepthEncoding()
+    enc = DepthEncoding()
     depth = np.random.default_rng(0).uniform(0.3, 3.0, size=(2, 3, 8, 8)).astype(np.float32)  # (V, F, H, W)
     frames = enc.depth_to_frames(depth)
     assert frames.shape == (2, 3, 3, 8, 8)
@@ -63,6 +68,31 @@ def test_frames_layout_replicates_channels_and_averages_on_decode() -> None:
     noisy[:, 0] += 0.01
     noisy[:, 1] -= 0.01
     assert torch.allclose(enc.frames_to_depth(noisy), torch.from_numpy(depth), rtol=1e-5)
+
+
+def test_curves_are_the_inverse_and_log_maps() -> None:
+    depth = torch.tensor([0.05, 0.2, 1.0, 5.0], dtype=torch.float64)
+    inverse = DepthEncoding(0.05, 5.0, "inverse").to_unit(depth)
+    log = DepthEncoding(0.05, 5.0, "log").to_unit(depth)
+    torch.testing.assert_close(inverse, 2 * (1 / depth - 0.2) / (20 - 0.2) - 1)
+    torch.testing.assert_close(log, 2 * (np.log(5.0) - depth.log()) / np.log(100.0) - 1)
+
+
+def test_log_curve_has_the_same_relative_precision_at_every_distance() -> None:
+    # the reason the CPU demo uses it: a unit error costs the same relative depth error near and far,
+    # where inverse depth's grows with distance (x100 from near to far for 0.05-5 m)
+    du = 1e-6  # small enough for the first-order error of max_relative_error
+    for curve in ("inverse", "log"):
+        enc = DepthEncoding(0.05, 5.0, curve)
+        depth = torch.tensor([0.1, 0.5, 1.5, 4.0], dtype=torch.float64)
+        moved = enc.from_unit(enc.to_unit(depth) - du)  # one unit step farther
+        relative = (moved - depth) / depth
+        want = torch.tensor([enc.max_relative_error(du, float(d)) for d in depth], dtype=torch.float64)
+        torch.testing.assert_close(relative, want, rtol=2e-3, atol=0)
+        if curve == "log":
+            assert float(relative.max() / relative.min()) < 1.01
+        else:
+            assert float(relative[-1] / relative[0]) > 30
 
 
 def test_release_relative_inverse_depth() -> None:

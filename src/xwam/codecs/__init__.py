@@ -14,7 +14,7 @@ from xwam.codecs.base import (
 from xwam.codecs.depth import (
     DEFAULT_FAR_M,
     DEFAULT_NEAR_M,
-    InverseDepthEncoding,
+    DepthEncoding,
     align_relative_inverse_depth,
     relative_inverse_depth_from_uint8,
     relative_inverse_depth_to_frames,
@@ -36,7 +36,7 @@ __all__ = [
     "DEFAULT_FAR_M",
     "DEFAULT_NEAR_M",
     "CachedTextEncoder",
-    "InverseDepthEncoding",
+    "DepthEncoding",
     "LatentCodec",
     "MiniLMTextEncoder",
     "NoTextEncoder",

@@ -10,16 +10,16 @@ import torch
 import torch.nn as nn
 
 from xwam.atomic import atomic_path
-from xwam.codecs import InverseDepthEncoding, unit_to_uint8
+from xwam.codecs import DepthEncoding, unit_to_uint8
 from xwam.config import XWAMConfig
 from xwam.diffusion.sampler import AsyncSampler
 
 
 def depth_to_grey(depth: np.ndarray, cfg: XWAMConfig, kind: str = "metric") -> np.ndarray:
-    """Depth (..., H, W) -> grey (..., H, W, 3) uint8 of the model's inverse-depth encoding (near
+    """Depth (..., H, W) -> grey (..., H, W, 3) uint8 of the model's depth encoding (near
     bright, far dark): exactly what the depth branch is trained on. ``kind``: ``metric`` (metres) or
     ``codec_unit`` (already in [-1, 1], release depth)."""
-    encoding = InverseDepthEncoding(near=cfg.model.depth_near, far=cfg.model.depth_far)
+    encoding = DepthEncoding.of_model(cfg.model)
     unit = torch.as_tensor(depth).float() if kind == "codec_unit" else encoding.to_unit(depth)
     grey = unit_to_uint8(unit).numpy()
     return np.repeat(grey[..., None], 3, axis=-1)
