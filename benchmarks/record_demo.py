@@ -45,6 +45,7 @@ def collect(demo: Path) -> dict[str, Any]:
     if eval4d:
         record["eval_4d"] = {"clips": len(eval4d["clips"]),
                              "model": {g: b["mean"] for g, b in eval4d["summary"].items() if b},
+                             "model_expected": {g: b["mean"] for g, b in (eval4d.get("summary_expected") or {}).items() if b},
                              "frozen_present": {g: b["mean"] for g, b in (eval4d.get("summary_baseline_frozen") or {}).items() if b}}
     vision = _read(demo / "diagnose" / "diagnose.json")
     if vision:

@@ -203,3 +203,60 @@ def test_eval_cli_blind_replay_rejects_bad_references(lift_demo, tmp_path, capsy
     with pytest.raises(SystemExit):  # one policy source at a time
         main(["eval", "--blind-replay", str(root), "--checkpoint", str(tmp_path), "--out", out])
     assert "not allowed with" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# closed-loop vision check: recorded camera images instead of the simulator's
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_images_from_shows_the_policy_recorded_frames_step_by_step_with_its_true_state(sim_checkpoint, tmp_path):
+    from xwam.data import write_episodes
+    from xwam.data.layout import OBS_IMAGE_PREFIX, OBS_STATE_KEY
+    from xwam.evaluate import EpisodeRunner, RecordedCameras
+    from xwam.sim.rollout import collect_expert_episodes
+
+    cams = ["robot0_agentview_left", "robot0_eye_in_hand"]
+    root = tmp_path / "recorded"
+    recorded = collect_expert_episodes("Lift", [REPLAY_SEED, REPLAY_SEED + 1], height=32, width=32, cameras=cams,
+                                       max_steps=5)
+    write_episodes(root, recorded)
+    cameras = RecordedCameras.load(root, cams, (32, 32))
+    lengths = [len(f[cams[0]]) for f in cameras.frames]
+    seen = []
+
+    def infer(obs, prefix):
+        seen.append(obs)
+        return np.zeros((4, 7), np.float32)
+
+    steps = max(lengths) + 3  # past the end of the recording: its last frame stays
+    runner = EpisodeRunner(infer, task="Lift", camera_names=cams, image_size=(32, 32), action_horizon=4,
+                           replan_every=1, max_steps=steps, cameras_from=cameras)
+    own = EpisodeRunner(infer, task="Lift", camera_names=cams, image_size=(32, 32), action_horizon=4,
+                        replan_every=1, max_steps=steps)
+    try:
+        seed = 10001  # -> recorded episode 10001 mod 2 = 1
+        runner.run(seed)
+        swapped, seen[:] = list(seen), []
+        own.run(seed)
+    finally:
+        runner.close()
+        own.close()
+    frames = cameras.frames[seed % 2]
+    assert len(swapped) == steps
+    for i, obs in enumerate(swapped):
+        for c in cams:
+            np.testing.assert_array_equal(obs[OBS_IMAGE_PREFIX + c], frames[c][min(i, lengths[1] - 1)])
+        # the state is the robot's own: the same as in a run with its own cameras (zero actions both times)
+        np.testing.assert_array_equal(obs[OBS_STATE_KEY], seen[i][OBS_STATE_KEY])
+    assert not np.array_equal(seen[0][OBS_IMAGE_PREFIX + cams[0]], swapped[0][OBS_IMAGE_PREFIX + cams[0]])
+    with pytest.raises(ValueError, match="no camera"):
+        RecordedCameras.load(root, ["robot0_agentview_right"], (32, 32))
+    with pytest.raises(ValueError, match="policy expects 64x64"):
+        RecordedCameras.load(root, cams, (64, 64))
+
+    # through the CLI: results say what the policy saw
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(sim_checkpoint), "--task", "Lift", "--episodes", "1", "--max-steps", "4",
+                 "--action-steps", "2", "--videos", "0", "--images-from", str(root), "--out", str(out)]) == 0
+    results = json.loads((out / "Lift" / "results.json").read_text())
+    assert results["images_from"] == str(root) and "camera images of" in results["acting"]

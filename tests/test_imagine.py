@@ -72,10 +72,11 @@ def test_eval_4d_on_held_out_episodes_writes_tables(lift32, tmp_path):
     assert mean["psnr"] > 0 and 0 <= mean["delta1"] <= 1 and mean["chamfer"] > 0
     assert "static" in metrics["summary"]  # the two agent views are static
     assert all(c["baseline_frozen"]["all"]["mean"]["psnr"] > 0 for c in metrics["clips"])
-    assert set(metrics["summary_baseline_frozen"]) == set(metrics["summary"])
+    assert set(metrics["summary_baseline_frozen"]) == set(metrics["summary"]) == set(metrics["summary_expected"])
+    assert all(c["expected"]["all"]["mean"]["psnr"] > 0 for c in metrics["clips"])
     table = (out / "metrics.md").read_text()
     assert "| all |" in table and "| static |" in table and "| 2 |" in table
-    assert "frozen present (all)" in table
+    assert "frozen present (all)" in table and "expected (all)" in table
     assert len(list(out.glob("episode*/report.html"))) == 1
 
 
@@ -116,7 +117,8 @@ def test_frozen_present_repeats_frame_zero_and_is_perfect_there(lift32):
 
 
 def test_eval_4d_scores_the_frozen_present_beside_the_model(lift32, tmp_path, monkeypatch):
-    """A model that predicts exactly frame 0 scores what the frozen-present baseline does, and both are stored."""
+    """A model that samples exactly frame 0 scores what the frozen-present baseline does, one whose expected
+    future is the true future scores a perfect depth, and all three are stored apart."""
     import xwam.commands.imagine as cmd
     from xwam.imagine import Imagination, clip_from_episode, frozen_present
 
@@ -128,6 +130,9 @@ def test_eval_4d_scores_the_frozen_present_beside_the_model(lift32, tmp_path, mo
                            intrinsics=still["intrinsics"], extrinsics=still["extrinsics"],
                            states=np.repeat(truth.states[:1], m.num_frames, 0), actions=np.zeros_like(truth.actions),
                            instruction=episode.task)
+        imag.expected = Imagination(camera_names=list(policy.camera_names), rgb=truth.rgb, depth=truth.depth,
+                                    intrinsics=truth.intrinsics, extrinsics=truth.extrinsics, states=truth.states,
+                                    actions=truth.actions, instruction=episode.task)
         return imag, truth
 
     monkeypatch.setattr(cmd, "_imagine_from_episode", predicts_the_present)
@@ -141,8 +146,12 @@ def test_eval_4d_scores_the_frozen_present_beside_the_model(lift32, tmp_path, mo
         assert clip["baseline_frozen"] == clip["metrics"]
     assert metrics["summary_baseline_frozen"] == metrics["summary"]
     assert metrics["summary_baseline_frozen"]["all"]["mean"]["psnr"] > 0
+    assert metrics["summary_expected"]["all"]["mean"]["abs_rel"] == 0  # the expected future was the truth
     table = (out / "metrics.md").read_text()
-    assert "| metric | better | model (static) | frozen present (static) | model (all) | frozen present (all) |" in table
+    assert ("| metric | better | sample (static) | expected (static) | frozen present (static) | sample (all) "
+            "| expected (all) | frozen present (all) |") in table
     psnr_row = next(line for line in table.splitlines() if line.startswith("| psnr | higher |"))
     cells = [c.strip() for c in psnr_row.strip("|").split("|")]
-    assert cells[2] == cells[3] and cells[4] == cells[5] and cells[4] != "n/a"
+    assert cells[2] == cells[4] and cells[5] == cells[7] and cells[5] != "n/a"
+    abs_rel_row = next(line for line in table.splitlines() if line.startswith("| abs_rel | lower |"))
+    assert [c.strip() for c in abs_rel_row.strip("|").split("|")][6] == "0"

@@ -304,16 +304,23 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
     if eval4d:
         report.add_heading("4D quality on held-out episodes (predicted frames)", level=2)
         frozen = eval4d.get("summary_baseline_frozen") or {}
+        mean = eval4d.get("summary_expected") or {}
         rows = []
         for group, block in eval4d["summary"].items():
             if not block:
                 continue
-            rows.append({"prediction": "model", "views": group, **_rounded(block["mean"])})
+            rows.append({"prediction": "model: sampled future", "views": group, **_rounded(block["mean"])})
+            if mean.get(group):
+                rows.append({"prediction": "model: expected future", "views": group, **_rounded(mean[group]["mean"])})
             if frozen.get(group):
                 rows.append({"prediction": "baseline: frozen present", "views": group,
                              **_rounded(frozen[group]["mean"])})
-        report.add_table(rows, caption="Frozen present repeats the current RGB and depth as the prediction of every "
-                                       "future frame, scored by the same metrics on the same clips.")
+        report.add_table(rows, caption="The sampled future is one possible future (the imagined frames below); the "
+                                       "expected future is the model's mean prediction (its first clean estimate, "
+                                       "from pure noise), blurrier where the future is uncertain. A sample's squared "
+                                       "error adds its spread to the mean's, so PSNR and AbsRel favour the mean. "
+                                       "Frozen present repeats the current RGB and depth as the prediction of every "
+                                       "future frame; all three are scored by the same metrics on the same clips.")
         for clip in sorted((root / "eval4d").glob("episode*"))[:2]:
             report.add_heading(f"Imagined future: {clip.name}", level=3)
             if (clip / "imagination.mp4").exists():

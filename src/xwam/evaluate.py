@@ -162,19 +162,65 @@ class TimedPolicy:
         return out
 
 
+@dataclass(frozen=True)
+class RecordedCameras:
+    """Camera images of recorded episodes, shown to a policy in place of its own cameras: the closed-
+    loop vision check. Episode seed ``s`` sees recorded episode ``s mod N`` (a fixed pairing, the same
+    in every process), step ``i`` its frame ``i`` (its last frame once it has ended); the state stays
+    the robot's own. A policy that steers by its cameras then acts on a scene that is not there, and
+    its success falls towards what the state alone allows; one that ignores them does not change."""
+
+    frames: tuple[dict[str, np.ndarray], ...]  # per recorded episode: camera -> (T, H, W, 3) uint8
+    label: str
+
+    @classmethod
+    def load(cls, root: str | Path, camera_names: Sequence[str], image_size: tuple[int, int]) -> RecordedCameras:
+        from xwam.data import open_dataset
+
+        dataset = open_dataset(root)
+        if dataset.num_episodes < 1:
+            raise ValueError(f"{root}: no episodes to take camera images from")
+        frames = []
+        for e in range(dataset.num_episodes):
+            ep = dataset.episode(e, load_depth=False)
+            missing = [c for c in camera_names if c not in ep.rgb]
+            if missing:
+                raise ValueError(f"{root} episode {e} has no camera(s) {missing}; the policy's cameras are "
+                                 f"{list(camera_names)}, the dataset's {ep.camera_names}")
+            size = tuple(ep.rgb[camera_names[0]].shape[1:3])
+            if size != tuple(image_size):
+                raise ValueError(f"{root}: images are {size[0]}x{size[1]}, the policy expects "
+                                 f"{image_size[0]}x{image_size[1]}")
+            frames.append({c: np.asarray(ep.rgb[c]) for c in camera_names})
+        return cls(tuple(frames), f"camera images of {root}'s {len(frames)} recorded episodes (episode = seed mod "
+                                  f"{len(frames)}), true state")
+
+    def for_episode(self, seed: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The observation rewrite for one episode: call it once per control step, in order."""
+        recorded = self.frames[int(seed) % len(self.frames)]
+        step = iter(range(1 << 62))
+
+        def swap(obs: dict[str, Any]) -> dict[str, Any]:
+            i = next(step)
+            return {**obs, **{OBS_IMAGE_PREFIX + c: v[min(i, len(v) - 1)] for c, v in recorded.items()}}
+
+        return swap
+
+
 class EpisodeRunner:
     """One simulator and one chunk source that run evaluation episodes (here or in a worker process).
 
     ``reseed(seed)``, when given, is called at the start of every episode: a stochastic source (the
     diffusion policy's noise) then depends on the episode's seed only, so an episode's outcome does
-    not depend on which episodes ran before it, or in which process.
+    not depend on which episodes ran before it, or in which process. ``cameras_from``: show the
+    source recorded images instead of the simulator's (:class:`RecordedCameras`).
     """
 
     def __init__(self, infer: Callable[[dict[str, Any], np.ndarray | None], np.ndarray], *, task: str,
                  camera_names: Sequence[str], image_size: tuple[int, int], action_horizon: int,
                  replan_every: int | None = None, rtc_delay: int = 0, max_steps: int | None = None,
                  env_kwargs: dict[str, Any] | None = None, reseed: Callable[[int], None] | None = None,
-                 robot_io: str = "xwam") -> None:
+                 robot_io: str = "xwam", cameras_from: RecordedCameras | None = None) -> None:
         from xwam.policy import ActionChunker
         from xwam.sim.envs import make_env
 
@@ -187,6 +233,7 @@ class EpisodeRunner:
         self.reseed = reseed
         self.task = task
         self.robot_io = robot_io
+        self.cameras_from = cameras_from
         self.description = ""  # how the source acts, when it can say (see XWAMPolicy.describe)
 
     def run(self, seed: int, video_path: Path | None = None) -> EpisodeResult:
@@ -194,7 +241,11 @@ class EpisodeRunner:
         if self.reseed is not None:
             self.reseed(int(seed))
         record = video_path is not None and bool(self.camera_names)
-        ep, frames = run_episode(self.env, self.chunker.select_action, self.chunker.reset, int(seed),
+        select = self.chunker.select_action
+        if self.cameras_from is not None:
+            swap = self.cameras_from.for_episode(seed)
+            select = lambda obs: self.chunker.select_action(swap(obs))  # noqa: E731
+        ep, frames = run_episode(self.env, select, self.chunker.reset, int(seed),
                                  self.max_steps, self.camera_names, self.timed.pop, record=record,
                                  robot_io=self.robot_io)
         if record and frames:
@@ -276,6 +327,7 @@ class CheckpointEval:
     rtc_delay: int = 0
     device: str = "cpu"
     action_steps: int | None = None
+    images_from: str | None = None  # a dataset: the closed-loop vision check (RecordedCameras)
 
     def runner(self) -> EpisodeRunner:
         from xwam.policy import XWAMPolicy
@@ -286,13 +338,17 @@ class CheckpointEval:
         if self.replan_every:
             policy = policy.with_replanning(self.replan_every)
         meta = policy.metadata
+        image_size = tuple(meta["image_shape"][:2])
+        cameras_from = (RecordedCameras.load(self.images_from, meta["camera_names"], image_size)
+                        if self.images_from else None)
         runner = EpisodeRunner(lambda obs, prefix: policy.infer(obs, action_prefix=prefix)["actions"],
                                task=self.task, camera_names=meta["camera_names"],
-                               image_size=tuple(meta["image_shape"][:2]), action_horizon=meta["action_horizon"],
+                               image_size=image_size, action_horizon=meta["action_horizon"],
                                replan_every=meta["replan_every"], rtc_delay=self.rtc_delay,
                                max_steps=self.max_steps, reseed=policy.generator.manual_seed,
-                               robot_io=policy.config.policy.robot_io)
-        runner.description = policy.describe() + (f", real-time chunking delay {self.rtc_delay}" if self.rtc_delay else "")
+                               robot_io=policy.config.policy.robot_io, cameras_from=cameras_from)
+        runner.description = (policy.describe() + (f", real-time chunking delay {self.rtc_delay}" if self.rtc_delay else "")
+                              + (f"; sees {cameras_from.label}" if cameras_from else ""))
         return runner
 
 
@@ -394,7 +450,8 @@ def evaluate_checkpoint(
         max_steps = TASKS[spec.task].default_horizon
     if out:
         write_results(out, [result], extra={"max_steps": max_steps, "workers": workers, "acting": description,
-                                            "wall_seconds": round(time.perf_counter() - start, 2)})
+                                            "wall_seconds": round(time.perf_counter() - start, 2),
+                                            **({"images_from": spec.images_from} if spec.images_from else {})})
     return result
 
 

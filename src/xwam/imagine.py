@@ -45,6 +45,9 @@ class Imagination:
     instruction: str
     clouds: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # the expected future (the sampler's first clean estimate, ``expected=True``): the model's mean
+    # prediction, decoded the same way, without clouds; see xwam.diffusion.sampler
+    expected: Imagination | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"rgb": self.rgb, "depth": self.depth, "intrinsics": self.intrinsics, "extrinsics": self.extrinsics}
@@ -123,9 +126,11 @@ def imagine(
     seed: int = 0,
     max_depth: float | None = None,
     voxel: float | None = 0.005,
+    expected: bool = False,
 ) -> Imagination:
     """Sample one 4D future from the current observation (images (H, W, 3) uint8 per camera,
-    state in robot units, intrinsics (3, 3) and camera-to-world extrinsics (4, 4) per camera)."""
+    state in robot units, intrinsics (3, 3) and camera-to-world extrinsics (4, 4) per camera).
+    ``expected``: also decode the model's mean future into ``Imagination.expected``."""
     import time
 
     processor = policy.processor
@@ -141,15 +146,31 @@ def imagine(
     conditioning = processor.conditioning(images_batch, np.asarray(state, np.float32)[None], [instruction],
                                           unconditional_text=policy.config.sampler.guidance_scale != 1.0)
     gen = torch.Generator(device=processor.device).manual_seed(seed)
-    result = policy.sampler.sample(conditioning, mode="4d", depth=True, generator=gen)
+    result = policy.sampler.sample(conditioning, mode="4d", depth=True, generator=gen, expected=expected)
     t1 = time.perf_counter()
-    rgb = processor.decode_video(result.video)[0].cpu().numpy()  # (V, F, H, W, 3)
     if result.depth is None:
         raise RuntimeError("this checkpoint has no depth branch (model.depth_layers = 0): no 4D output")
-    depth = processor.decode_depth(result.depth)[0].cpu().numpy()  # (V, F, H, W)
-    states = processor.unnormalize_states(result.states)[0].cpu().numpy()
-    states[0] = np.asarray(state, np.float32)
     actions = processor.unnormalize_actions(result.actions)[0].cpu().numpy()
+    decode = dict(policy=policy, state=state, intrinsics=intrinsics, extrinsics=extrinsics, actions=actions,
+                  instruction=instruction)
+    imag = _decoded(result.video, result.depth, result.states, **decode)
+    imag.timing_ms = {"sample_ms": (t1 - t0) * 1000}
+    if expected:
+        imag.expected = _decoded(result.expected_video, result.expected_depth, result.expected_states, **decode)
+    imag.clouds = fused_clouds(imag.depth, imag.intrinsics, imag.extrinsics, imag.rgb, cams, max_depth, voxel)
+    imag.timing_ms["total_ms"] = (time.perf_counter() - t0) * 1000
+    return imag
+
+
+def _decoded(video: torch.Tensor, depth: torch.Tensor, states_normalised: torch.Tensor, *, policy: XWAMPolicy,
+             state: np.ndarray, intrinsics: dict[str, np.ndarray], extrinsics: dict[str, np.ndarray],
+             actions: np.ndarray, instruction: str) -> Imagination:
+    """Sampler latents of one clip -> RGB, metric depth, robot-unit states and per-frame cameras."""
+    processor, cams = policy.processor, policy.camera_names
+    rgb = processor.decode_video(video)[0].cpu().numpy()  # (V, F, H, W, 3)
+    depth_m = processor.decode_depth(depth)[0].cpu().numpy()  # (V, F, H, W)
+    states = processor.unnormalize_states(states_normalised)[0].cpu().numpy()
+    states[0] = np.asarray(state, np.float32)
     frames = rgb.shape[1]
     # decoded depth frames at the latent rate: a pixel codec gives one per video frame
     K, E = {}, {}
@@ -160,16 +181,9 @@ def imagine(
             E[cam] = wrist_camera_poses(states.astype(np.float64), T_ee_cam)
         else:
             E[cam] = np.repeat(np.asarray(extrinsics[cam], np.float64)[None], frames, 0)
-    imag = Imagination(
-        camera_names=list(cams),
-        rgb={c: rgb[v] for v, c in enumerate(cams)},
-        depth={c: depth[v] for v, c in enumerate(cams)},
-        intrinsics=K, extrinsics=E, states=states, actions=actions, instruction=instruction,
-        timing_ms={"sample_ms": (t1 - t0) * 1000},
-    )
-    imag.clouds = fused_clouds(imag.depth, imag.intrinsics, imag.extrinsics, imag.rgb, cams, max_depth, voxel)
-    imag.timing_ms["total_ms"] = (time.perf_counter() - t0) * 1000
-    return imag
+    return Imagination(camera_names=list(cams), rgb={c: rgb[v] for v, c in enumerate(cams)},
+                       depth={c: depth_m[v] for v, c in enumerate(cams)}, intrinsics=K, extrinsics=E,
+                       states=states, actions=actions, instruction=instruction)
 
 
 def fused_clouds(depth, intrinsics, extrinsics, rgb, cams, max_depth=None, voxel=0.005):
@@ -196,13 +210,16 @@ def write_outputs(out: str | Path, imag: Imagination, truth: ClipTruth | None, *
 
     out = Path(out)
     (out / "clouds").mkdir(parents=True, exist_ok=True)
-    columns = ["pred RGB", "pred depth"] + (["true RGB", "true depth"] if truth else [])
+    columns = (["pred RGB", "pred depth"] + (["mean RGB", "mean depth"] if imag.expected else [])
+               + (["true RGB", "true depth"] if truth else []))
     rows = []
     # short labels: at 64-128 px per cell only a few characters fit
     cell_labels = [[f"{_short(cam)} {col}" for col in columns] for cam in imag.camera_names]
     labels = columns
     for cam in imag.camera_names:
         row = [imag.rgb[cam], colorize_depth(imag.depth[cam], near, far)]
+        if imag.expected is not None:
+            row += [imag.expected.rgb[cam], colorize_depth(imag.expected.depth[cam], near, far)]
         if truth is not None:
             row.append(truth.rgb[cam])
             row.append(colorize_depth(truth.depth[cam], near, far) if truth.depth is not None else None)

@@ -162,3 +162,32 @@ def test_integer_timesteps_give_the_release_schedule(model):
     assert action == [999, 978, 952, 920, 882, 833, 768, 681, 555, 356]
     assert video[:10] == [999, 995, 991, 987, 982, 978, 973, 968, 963, 957]
     assert any(abs(t * 1000 - round(t * 1000)) > 1e-3 for t, _, _ in calls[False])  # floats by default
+
+
+def test_the_expected_future_is_the_first_calls_clean_estimate_and_leaves_the_sample_alone(model):
+    cfg = model.cfg
+    sampler = AsyncSampler(model, SamplerConfig(video_steps=4, action_steps=2))
+    cond = conditioning(model)
+    plain = sampler.sample(cond, mode="4d", generator=torch.Generator().manual_seed(5))
+    result = sampler.sample(cond, mode="4d", generator=torch.Generator().manual_seed(5), expected=True)
+    # the sample is untouched: the depth branch never feeds the main branch
+    torch.testing.assert_close(result.video, plain.video, rtol=0, atol=0)
+    torch.testing.assert_close(result.depth, plain.depth, rtol=0, atol=0)
+    assert plain.expected_video is None and sampler.sample(cond, mode="policy", expected=True).expected_video is None
+    # the first call by hand: the sampler's initial noise, x - sigma v at sigma_max
+    g = torch.Generator().manual_seed(5)
+    b = cond.video0.shape[0]
+    x = torch.randn(b, cfg.num_views, cfg.latent_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width,
+                    generator=g)
+    x[:, :, :, :1] = cond.video0
+    actions = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g)
+    states = torch.randn(b, cfg.num_states, cfg.state_dim, generator=g)
+    states[:, 0] = cond.state0
+    sigma = sampler._solver(4).sigmas[0]
+    with torch.no_grad():
+        out = model(x, cond.text, sigma.expand(b), sigma.expand(b), actions, states, depth=True)
+    want = x - sigma * out.video
+    want[:, :, :, :1] = cond.video0
+    torch.testing.assert_close(result.expected_video, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.expected_depth, out.depth, rtol=1e-5, atol=1e-5)
+    assert torch.equal(result.expected_states[:, 0], cond.state0)

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.add_argument("--action-steps", type=int, default=None, help="override the sampler's action steps k")
+    p.add_argument("--images-from", metavar="DATA", default=None,
+                   help="closed-loop vision check (--checkpoint): the policy sees the camera images of DATA's "
+                        "recorded episodes (episode seed mod N, frame = step) instead of its own cameras, with "
+                        "the robot's true state; compare its success with a normal run on the same seeds")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for --checkpoint, one torch thread each; every episode's policy noise is "
                         "seeded from its seed, so results are the same for any number, only faster")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                     episodes=args.episodes, seed=args.seed, max_steps=args.max_steps,
                     replan_every=args.replan_every, rtc_delay=args.rtc_delay, videos=args.videos,
                     out=args.out, device=args.device, action_steps=args.action_steps,
-                    workers=args.workers)
+                    workers=args.workers, images_from=args.images_from)
     return 0
 
 
@@ -83,6 +87,7 @@ def eval_policy(
     device: str = "cpu",
     action_steps: int | None = None,
     workers: int = 1,
+    images_from: str | Path | None = None,
 ) -> list[TaskResult]:
     """Closed-loop success of a checkpoint (run here, in ``workers`` processes) or of a running server
     (``HOST:PORT``) on seeds ``seed..seed+episodes-1`` of every task; writes ``out``/results.json,
@@ -93,13 +98,16 @@ def eval_policy(
 
     if (checkpoint is None) == (server is None):
         raise ValueError("give exactly one of checkpoint and server")
+    if images_from is not None and checkpoint is None:
+        raise ValueError("--images-from applies to --checkpoint (the images are swapped in this process)")
     seeds = list(range(seed, seed + episodes))
     out = Path(out)
     results = []
     if checkpoint is not None:
         for task in tasks:
             spec = CheckpointEval(str(checkpoint), task, max_steps=max_steps, replan_every=replan_every,
-                                  rtc_delay=rtc_delay, device=device, action_steps=action_steps)
+                                  rtc_delay=rtc_delay, device=device, action_steps=action_steps,
+                                  images_from=str(images_from) if images_from is not None else None)
             results.append(evaluate_checkpoint(spec, seeds, workers=workers, out_dir=out / task, videos=videos))
     else:
         if workers != 1:

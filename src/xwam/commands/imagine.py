@@ -93,7 +93,8 @@ def parse_episode_ref(ref: str) -> tuple[str, int, int | None]:
         raise ValueError(f"--episode must look like DATASET:EPISODE[:START] (e.g. data/lift:3), got {ref!r}") from exc
 
 
-def _imagine_from_episode(policy, episode, start: int, seed: int, *, max_depth: float | None, voxel: float):
+def _imagine_from_episode(policy, episode, start: int, seed: int, *, max_depth: float | None, voxel: float,
+                          expected: bool = False):
     from xwam.imagine import clip_from_episode, imagine
 
     m = policy.config.model
@@ -105,7 +106,7 @@ def _imagine_from_episode(policy, episode, start: int, seed: int, *, max_depth: 
     imag = imagine(
         policy, {c: truth.rgb[c][0] for c in cams}, truth.states[0], episode.task,
         {c: episode.intrinsics[c][f0] for c in cams}, {c: episode.extrinsics[c][f0] for c in cams},
-        seed=seed, max_depth=max_depth, voxel=voxel or None,
+        seed=seed, max_depth=max_depth, voxel=voxel or None, expected=expected,
     )
     return imag, truth
 
@@ -263,10 +264,12 @@ def eval_4d(
             cache[e] = dataset.episode(e)
             _check_resolution(policy, cache[e])
         episode = cache[e]
-        imag, truth = _imagine_from_episode(policy, episode, start, seed + i, max_depth=max_depth, voxel=voxel)
+        imag, truth = _imagine_from_episode(policy, episode, start, seed + i, max_depth=max_depth, voxel=voxel,
+                                            expected=True)
         metrics = evaluate_4d(imag.as_dict(), truth.as_dict(), max_depth=max_depth, lpips=True)
+        mean = evaluate_4d(imag.expected.as_dict(), truth.as_dict(), max_depth=max_depth, lpips=True)
         frozen = evaluate_4d(frozen_present(truth), truth.as_dict(), max_depth=max_depth, lpips=True)
-        clips.append({"episode": e, "start": start, "metrics": metrics, "baseline_frozen": frozen})
+        clips.append({"episode": e, "start": start, "metrics": metrics, "expected": mean, "baseline_frozen": frozen})
         if saved < save_clips:
             write_outputs(out / f"episode{e}_start{start}", imag, truth, fps=max(1.0, episode.fps / m.frame_skip),
                           near=m.depth_near, far=min(m.depth_far, 3.0), metrics=metrics,
@@ -274,10 +277,11 @@ def eval_4d(
             saved += 1
     summary = aggregate(clips)
     frozen_summary = aggregate(clips, key="baseline_frozen")
+    expected_summary = aggregate(clips, key="expected")
     payload = {"checkpoint": str(checkpoint), "data": str(data), "clips": clips, "summary": summary,
-               "summary_baseline_frozen": frozen_summary}
+               "summary_expected": expected_summary, "summary_baseline_frozen": frozen_summary}
     atomic_write_json(out / "metrics.json", payload)
-    table = markdown(summary, len(clips), baseline=frozen_summary)
+    table = markdown(summary, len(clips), baseline=frozen_summary, expected=expected_summary)
     atomic_write_text(out / "metrics.md", table)
     print(table)
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
@@ -330,7 +334,9 @@ def _cell(block: dict | None, name: str) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def markdown(summary: dict, n: int, baseline: dict | None = None) -> str:
+def markdown(summary: dict, n: int, baseline: dict | None = None, expected: dict | None = None) -> str:
+    """``summary``: the sampled futures; ``expected``: the model's mean futures; ``baseline``: the frozen
+    present (each as :func:`aggregate` returns it)."""
     lines = [f"4D quality over {n} clips: means over the predicted frames 1.. (PSNR in dB, Chamfer in metres)", "",
              "| views | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for group, block in summary.items():
@@ -338,12 +344,13 @@ def markdown(summary: dict, n: int, baseline: dict | None = None) -> str:
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     if baseline is not None:
         groups = [g for g in ("static", "all") if g in summary or g in baseline]
-        header = " | ".join(f"model ({g}) | frozen present ({g})" for g in groups)
-        lines += ["", "Model against the frozen present (frame 0's RGB-D repeated as every future frame; "
-                  "the same clips and metrics):", "",
-                  f"| metric | better | {header} |", "|---" * (2 + 2 * len(groups)) + "|"]
+        columns = [("sample", summary)] + ([("expected", expected)] if expected else []) + [("frozen present", baseline)]
+        header = " | ".join(f"{name} ({g})" for g in groups for name, _ in columns)
+        lines += ["", "The model's sampled future and its expected (mean) future, against the frozen present "
+                  "(frame 0's RGB-D repeated as every future frame); the same clips and metrics:", "",
+                  f"| metric | better | {header} |", "|---" * (2 + len(columns) * len(groups)) + "|"]
         for k in METRICS:
-            cells = " | ".join(f"{_cell(summary.get(g), k)} | {_cell(baseline.get(g), k)}" for g in groups)
+            cells = " | ".join(_cell(table.get(g), k) for g in groups for _, table in columns)
             lines.append(f"| {k} | {BETTER[k]} | {cells} |")
     lines += ["", "Per frame (all views; frame 0 is the observed frame, its depth is predicted):", "",
               "| frame | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]

@@ -9,6 +9,12 @@ re-imposed after every call.
 - 4D mode: all N calls; the depth branch predicts clean depth directly and the main branch never
   reads it, so it runs only at the last call (``depth_every_call`` reproduces the release, which
   runs it every call and keeps the last: the result is identical).
+- ``expected`` (4D mode): also keep the first call's clean estimate x - sigma v (and its depth).
+  The first call sees pure noise (sigma_max ~ 1), so a model trained with the squared error estimates
+  there the mean of the future given the observation, E[x0 | observation]: the *expected* future, a
+  blurry average, where the sample is one sharp possible future. A sample's squared error is that
+  of the mean plus the sample's spread, so scores that reward the mean (PSNR, AbsRel) are read on
+  both (``xwam eval-4d``).
 
 Actions are handed out (generator event or callback) as soon as the k-th call finishes.
 """
@@ -88,6 +94,10 @@ class SampleResult:
     calls: int = 0
     call_ms: list[float] = field(default_factory=list)
     time_to_action_ms: float | None = None
+    # the first call's clean estimates (4D mode with ``expected``): the model's mean future
+    expected_video: torch.Tensor | None = None
+    expected_depth: torch.Tensor | None = None
+    expected_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -116,14 +126,17 @@ class AsyncSampler:
         depth: bool | None = None,
         depth_every_call: bool = False,
         generator: torch.Generator | None = None,
+        expected: bool = False,
     ) -> Iterator[SamplerEvent]:
-        """Run the sampler, yielding an ``actions`` event after the k-th call and ``done`` at the end."""
+        """Run the sampler, yielding an ``actions`` event after the k-th call and ``done`` at the end.
+        ``expected`` (4D mode) also fills the result's ``expected_*`` (see the module doc)."""
         cfg, model = self.cfg, self.model
         mcfg = model.cfg
         mode = mode or cfg.mode
         if mode not in ("policy", "4d"):
             raise ValueError(f"unknown sampler mode {mode!r}; choose policy or 4d")
         want_depth = (cfg.depth if depth is None else depth) and mode == "4d" and model.depth_branch is not None
+        want_expected = expected and mode == "4d"
         device = cond.video0.device
         dtype = next(model.parameters()).dtype
         batch = cond.video0.shape[0]
@@ -156,7 +169,7 @@ class AsyncSampler:
             t_video = video_solver.sigmas[i].to(device).expand(batch)
             actions_active = i < action_steps
             t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
-            run_depth = want_depth and (depth_every_call or i == calls - 1)
+            run_depth = want_depth and (depth_every_call or i == calls - 1 or (want_expected and i == 0))
             if prefix is not None:
                 # committed actions enter clean (t = 0), as in training with action prefixes
                 x_actions = torch.where(keep, prefix, x_actions)
@@ -180,6 +193,12 @@ class AsyncSampler:
                 )
             if out.depth is not None:
                 result.depth = out.depth.float()[:batch]
+            if want_expected and i == 0:
+                result.expected_video = x_video - video_solver.sigmas[0].item() * v_video
+                result.expected_video[:, :, :, :1] = cond.video0
+                result.expected_states = x_states - action_solver.sigmas[0].item() * v_states
+                result.expected_states[:, 0] = cond.state0
+                result.expected_depth = result.depth
             x_video = video_solver.step(i, v_video, x_video)
             x_video[:, :, :, :1] = cond.video0
             if actions_active:
@@ -214,11 +233,12 @@ class AsyncSampler:
         depth_every_call: bool = False,
         generator: torch.Generator | None = None,
         on_actions: Callable[[SampleResult], None] | None = None,
+        expected: bool = False,
     ) -> SampleResult:
         """Run to the end; ``on_actions`` is called as soon as the action chunk is ready."""
         result = None
         for event in self.iterate(cond, mode=mode, depth=depth, depth_every_call=depth_every_call,
-                                  generator=generator):
+                                  generator=generator, expected=expected):
             if event.kind == "actions" and on_actions is not None:
                 on_actions(event.result)
             result = event.result
