@@ -90,6 +90,9 @@ def ssim(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.n
     return values.double().reshape(-1).numpy()
 
 
+_WARNED: set[str] = set()
+
+
 class LpipsMetric:
     """LPIPS (AlexNet backbone, torchmetrics) when it can run offline; see :meth:`load`."""
 
@@ -308,7 +311,9 @@ def evaluate_4d(
         lpips_metric, reason = LpipsMetric.load()
         if reason:
             notes.append(reason)
-            logger.warning(reason)
+            if reason not in _WARNED:  # once per process: eval-4d scores three predictions per clip
+                _WARNED.add(reason)
+                logger.warning(reason)
 
     # per (view, frame) image and depth metrics, computed once and averaged per view subset below
     per_view: dict[str, dict[str, np.ndarray | None]] = {}
