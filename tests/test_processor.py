@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -200,3 +201,28 @@ def test_fitting_a_codec_on_depth_needs_its_kind(release_clips):
     proc = XWAMProcessor.build(cfg, codec_state=state)
     back = proc.decode_depth(proc.encode_depth(depth, "codec_unit"), "codec_unit")
     assert back.shape == depth.shape and float((back - depth).abs().mean()) < 0.1
+
+
+def test_video_as_change_generates_frames_as_their_change_from_the_present():
+    from xwam.processor import latent_changes, latents_from_changes
+
+    cfg = get_preset("tiny").model
+    rng = np.random.default_rng(0)
+    stats = NormStats.from_arrays(rng.normal(size=(200, cfg.state_dim)), rng.normal(size=(200, cfg.action_dim)))
+    plain = XWAMProcessor.build(cfg, stats)
+    change = XWAMProcessor.build(dataclasses.replace(cfg, video_as_change=True), stats)
+    images = torch.randint(0, 256, (2, cfg.num_views, cfg.num_frames, 3, cfg.image_height, cfg.image_width),
+                           dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    latents, changes = plain.encode_video(images), change.encode_video(images)
+    torch.testing.assert_close(changes[:, :, :, 0], latents[:, :, :, 0], rtol=0, atol=0)
+    torch.testing.assert_close(changes[:, :, :, 1:], latents[:, :, :, 1:] - latents[:, :, :, :1], rtol=0, atol=0)
+    torch.testing.assert_close(latents_from_changes(latent_changes(latents)), latents, rtol=0, atol=1e-6)
+    # both decode to the same images (the pixel codec is exact)
+    assert torch.equal(change.decode_video(changes), plain.decode_video(latents))
+    assert torch.equal(plain.decode_video(latents).permute(0, 1, 2, 5, 3, 4), images)
+    # nothing moving is exactly zero: a prediction of zero change is the frozen present
+    still = images[:, :, :1].expand_as(images)
+    assert change.encode_video(still)[:, :, :, 1:].abs().max() == 0
+    zero = change.encode_video(images).clone()
+    zero[:, :, :, 1:] = 0
+    assert torch.equal(change.decode_video(zero), plain.decode_video(plain.encode_video(still)))

@@ -58,6 +58,11 @@ class ModelConfig:
     # demo's from-scratch model uses it (not yet measured against a run without it). Off for Wan2.2 /
     # release weights (their layout has no such parameter).
     spatial_embedding: bool = False
+    # Generate future latent frames as their change from the current frame (frame k - frame 0) rather
+    # than as latents: what does not move is then exactly zero, and a model that has learned nothing
+    # yet already predicts the present (the processor converts both ways; xwam.processor). For models
+    # trained from scratch; Wan2.2 / release weights generate latents.
+    video_as_change: bool = False
     # depth branch: the last `depth_layers` blocks are replicated into it (0 disables it)
     depth_layers: int = 10
     # metric range of the depth encoding fed to the codec, and its curve (xwam.codecs.depth):

@@ -136,9 +136,11 @@ class XWAMProcessor:
 
     @torch.no_grad()
     def encode_video(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, F, 3, H, W) uint8 or float in [-1, 1] -> (B, V, C, T, h, w) latents."""
+        """(B, V, F, 3, H, W) uint8 or float in [-1, 1] -> (B, V, C, T, h, w) video as the model
+        generates it: latents, or with ``video_as_change`` frames 1.. as their change from frame 0."""
         batch, views = images.shape[:2]
-        return self.codec.encode(_flat_frames(images.to(self.device))).unflatten(0, (batch, views))
+        latents = self.codec.encode(_flat_frames(images.to(self.device))).unflatten(0, (batch, views))
+        return latent_changes(latents) if self.cfg.video_as_change else latents
 
     @torch.no_grad()
     def encode_current_frame(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,10 @@ class XWAMProcessor:
 
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, V, C, T, h, w) latents -> (B, V, F, H, W, 3) uint8 images."""
+        """(B, V, C, T, h, w) video as the model generates it (see :meth:`encode_video`) -> (B, V, F, H,
+        W, 3) uint8 images."""
+        if self.cfg.video_as_change:
+            latents = latents_from_changes(latents)
         batch, views = latents.shape[:2]
         frames = self.codec.decode(latents.flatten(0, 1).float())  # (B*V, 3, F, H, W)
         images = unit_to_uint8(frames).permute(0, 2, 3, 4, 1)
@@ -310,6 +315,20 @@ def finite_as_float32(values: np.ndarray) -> bool:
     """True when every value is finite after the cast to the model's float32 (1e300 is not)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.asarray(values).astype(np.float32)).all())
+
+
+def latent_changes(latents: torch.Tensor) -> torch.Tensor:
+    """(..., C, T, h, w) latents -> frame 0 as it is, frames 1.. minus frame 0 (``video_as_change``)."""
+    out = latents.clone()
+    out[..., 1:, :, :] -= latents[..., :1, :, :]
+    return out
+
+
+def latents_from_changes(changes: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`latent_changes`."""
+    out = changes.clone()
+    out[..., 1:, :, :] += changes[..., :1, :, :]
+    return out
 
 
 def depth_frames_of_kinds(depth: torch.Tensor, kind: str | Sequence[str] | None,
