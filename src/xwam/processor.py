@@ -106,13 +106,14 @@ class XWAMProcessor:
         if cfg.codec not in FITTED_CODECS:
             raise ValueError(f"codec {cfg.codec!r} is not fitted on data")
         frames = _flat_frames(images)
-        rgb = PatchPCACodec.fit(frames, cfg.spatial_compression, cfg.latent_channels)
+        rgb = PatchPCACodec.fit(frames, cfg.spatial_compression, cfg.latent_channels, cfg.codec_whitening)
         if depth is not None:
             encoding = DepthEncoding.of_model(cfg)
             depth_frames = depth_frames_of_kinds(depth.float(), depth_kind, encoding).flatten(0, 1)
         else:
             depth_frames = frames.mean(dim=1, keepdim=True).expand_as(frames)
-        depth_codec = PatchPCACodec.fit(depth_frames, cfg.spatial_compression, cfg.latent_channels)
+        depth_codec = PatchPCACodec.fit(depth_frames, cfg.spatial_compression, cfg.latent_channels,
+                                        cfg.codec_whitening)
         state = {f"rgb.{k}": v for k, v in rgb.state_dict().items()}
         state.update({f"depth.{k}": v for k, v in depth_codec.state_dict().items()})
         state["rgb.reconstruction_psnr"] = torch.tensor([rgb.reconstruction_psnr(frames)], dtype=torch.float64)

@@ -48,7 +48,7 @@ def test_pca_codec_state_round_trip_and_deterministic_fit() -> None:
     frames = torch.rand(3, 3, 2, 8, 8) * 2 - 1
     a = PatchPCACodec.fit(frames, 4, 6)
     b = PatchPCACodec.fit(frames.clone(), 4, 6)
-    assert torch.equal(a.components, b.components) and a.scale == b.scale
+    assert torch.equal(a.components, b.components) and torch.equal(a.scale, b.scale)
     again = PatchPCACodec.from_state_dict(a.state_dict())
     assert torch.equal(again.encode(frames), a.encode(frames))
     with pytest.raises(ValueError, match="components"):
@@ -82,3 +82,29 @@ def test_processor_fits_one_basis_per_stream_and_round_trips_depth() -> None:
     # smooth depth survives 6 of 12 components per 2x2 patch closely (metres)
     back = proc.decode_depth(latents)
     assert (back - depth).abs().median() < 0.02
+
+
+def test_whitened_pca_codec_gives_each_component_unit_variance_and_decodes_exactly() -> None:
+    frames = _low_rank_frames()
+    plain = PatchPCACodec.fit(frames, 4, 5)
+    white = PatchPCACodec.fit(frames, 4, 5, whitening=1.0)
+    spread = white.encode(frames).transpose(0, 1).reshape(5, -1).pow(2).mean(dim=1)
+    assert torch.allclose(spread, torch.ones(5), rtol=1e-3)  # every component at unit variance
+    assert torch.allclose(white.decode(white.encode(frames)), frames, atol=1e-5)  # same subspace, exact
+    assert plain.scale.unique().numel() == 1 and white.scale.unique().numel() == 5
+    half = PatchPCACodec.fit(frames, 4, 5, whitening=0.5)
+    assert half.encode(frames).pow(2).mean().item() == pytest.approx(1.0, rel=1e-3)  # unit mean square
+    again = PatchPCACodec.from_state_dict(white.state_dict())  # per-component scale travels with it
+    assert torch.equal(again.encode(frames), white.encode(frames))
+    with pytest.raises(ValueError, match="whitening"):
+        PatchPCACodec.fit(frames, 4, 5, whitening=1.5)
+
+
+def test_processor_fits_the_codec_whitening_the_config_names() -> None:
+    cfg = get_preset("tiny").override(["model.codec=pca", "model.latent_channels=6", "model.codec_whitening=1"]).model
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (4, 2, 3, 3, 16, 16), dtype=torch.uint8, generator=g)
+    state = XWAMProcessor.fit_codec_state(cfg, images, None)
+    assert state["rgb.scale"].shape == (6,) and state["rgb.scale"].unique().numel() == 6
+    with pytest.raises(ValueError, match="codec_whitening"):
+        get_preset("tiny").override(["model.codec_whitening=1"]).model.validate()  # pixel codec
