@@ -296,7 +296,8 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
     if codec:
         depth = codec.get("depth_reconstruction_psnr_db")
         report.add_text(
-            f"Latent codec: {codec['codec']} with {codec['latent_channels']} components per patch, fitted on "
+            f"Latent codec: {codec['codec']} with {codec['latent_channels']} components per patch (whitening "
+            f"{codec.get('whitening', 0.0):g}), fitted on "
             f"{codec['clips']} training clips in {codec['seconds']:.1f} s; reconstruction PSNR RGB "
             f"{codec['rgb_reconstruction_psnr_db']:.1f} dB" + (f", {codec.get('depth_curve', 'inverse')} depth {depth:.1f} dB." if depth else ".")
             + " This bounds the PSNR any imagined frame can reach.")

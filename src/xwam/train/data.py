@@ -276,12 +276,14 @@ def fit_codec(cfg: XWAMConfig, clips: Any, max_clips: int, verbose: bool) -> tup
         "rgb_reconstruction_psnr_db": float(state["rgb.reconstruction_psnr"]),
         "depth_reconstruction_psnr_db": float(state["depth.reconstruction_psnr"]) if depth is not None else None,
         "depth_curve": m.depth_curve,
+        "whitening": m.codec_whitening,
         "seconds": round(time.perf_counter() - started, 2),
     }
     if verbose:
         depth_note = (f", {m.depth_curve} depth {report['depth_reconstruction_psnr_db']:.1f} dB" if depth is not None else "")
         print(f"xwam train: fitted the {m.codec} codec ({m.latent_channels} components per "
-              f"{m.spatial_compression}x{m.spatial_compression} patch) on {len(samples)} clips in "
+              f"{m.spatial_compression}x{m.spatial_compression} patch, whitening {m.codec_whitening:g}) on "
+              f"{len(samples)} clips in "
               f"{report['seconds']:.1f} s: RGB reconstruction {report['rgb_reconstruction_psnr_db']:.1f} dB"
               f"{depth_note}", file=sys.stderr)
     return state, report
