@@ -43,9 +43,9 @@ class ModelConfig:
     latent_channels: int = 48
     spatial_compression: int = 16
     temporal_compression: int = 4
-    # pca codec only: how far its components are scaled to unit variance (0: one global scale, latent
-    # MSE = pixel MSE; 1: every component unit variance, like per-channel normalised VAE latents).
-    # See xwam.codecs.pca for why this matters to the small components.
+    # pca codec only (other codecs ignore it): how far its components are scaled to unit variance
+    # (0: one global scale, latent MSE = pixel MSE; 1: every component unit variance, like
+    # per-channel normalised VAE latents). See xwam.codecs.pca for why it matters.
     codec_whitening: float = 0.0
     # DiT backbone (Wan2.2 layout)
     num_layers: int = 30
@@ -176,8 +176,6 @@ class ModelConfig:
             )
         if not 0.0 <= self.codec_whitening <= 1.0:
             problems.append(f"codec_whitening={self.codec_whitening} must lie in [0, 1] (0: one global scale)")
-        elif self.codec_whitening and self.codec != "pca":
-            problems.append(f"codec_whitening applies to the pca codec only (codec={self.codec!r}): set it to 0")
         if self.codec == "pca" and self.temporal_compression != 1:
             problems.append("the pca codec has temporal_compression 1 (set model.temporal_compression=1)")
         if self.depth_curve not in ("inverse", "log"):

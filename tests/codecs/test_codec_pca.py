@@ -107,4 +107,4 @@ def test_processor_fits_the_codec_whitening_the_config_names() -> None:
     state = XWAMProcessor.fit_codec_state(cfg, images, None)
     assert state["rgb.scale"].shape == (6,) and state["rgb.scale"].unique().numel() == 6
     with pytest.raises(ValueError, match="codec_whitening"):
-        get_preset("tiny").override(["model.codec_whitening=1"]).model.validate()  # pixel codec
+        get_preset("small").override(["model.codec_whitening=2"])
