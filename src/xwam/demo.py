@@ -39,7 +39,7 @@ class DemoConfig:
     # recovery demonstrations: correlated noise on the executed arm position, the expert's clean
     # command recorded (DART; see xwam.sim.rollout); 0 records the expert's straight path only.
     # Measured (README, issue-11 table): 100 % Lift success with 0.3 against 34-46 % without.
-    perturb: float = 0.3
+    perturb: float = 0.15
     workers: int = field(default_factory=lambda: default_workers())  # simulator/eval processes
     heldout_episodes: int = 6  # for eval-4d and the vision check
     baseline_episode: int = 0  # the training demonstration blind replay executes
