@@ -127,9 +127,10 @@ def test_collect_in_worker_processes_writes_the_same_dataset(tmp_path: Path, cap
         np.testing.assert_array_equal(a.state, b.state)
         for cam in a.camera_names:
             np.testing.assert_array_equal(a.depth[cam], b.depth[cam])
-            # Depth (lossless) is exact. The lossy RGB stream is not always: in about one run in three,
-            # even two in-process runs differ in some frames by a few levels (mean 0.1-0.2 over a video,
-            # max ~30, on 32 px frames; measured), while another episode's frames differ by 9-12 on average.
+            # Depth, actions and states are exact. RGB is not always: in about one run in three, even two
+            # in-process runs differ in some frames by a few levels (mean 0.1-0.2 over a video, max ~30,
+            # on 32 px frames; measured; not x264's or Mesa's thread count, cause not found), while
+            # another episode's frames differ by 9-12 on average.
             diff = np.abs(a.rgb[cam].astype(np.int16) - b.rgb[cam].astype(np.int16))
             assert a.rgb[cam].shape == b.rgb[cam].shape and diff.mean() < 1.0, (cam, float(diff.mean()))
     # resuming with another perturbation would mix two kinds of demonstrations: refused

@@ -125,9 +125,9 @@ class PatchPCACodec:
         patch = pixels.latent_channels
         if not 1 <= latent_channels <= patch:
             raise ValueError(f"latent_channels must lie in [1, 3*s*s = {patch}], got {latent_channels}")
-        x = pixels.encode(frames.float()).transpose(0, 1).reshape(patch, -1).double()  # (P, samples)
         if not 0.0 <= whitening <= 1.0:
             raise ValueError(f"PCA codec: whitening must lie in [0, 1], got {whitening}")
+        x = pixels.encode(frames.float()).transpose(0, 1).reshape(patch, -1).double()  # (P, samples)
         if x.shape[1] < 2:
             raise ValueError("PCA codec: need at least two patches to fit")
         mean = x.mean(dim=1)
