@@ -95,8 +95,9 @@ def test_conditions_share_clips_and_noise(checkpoints, dataset):
     obs = {**{f"observation/images/{c}": ep.rgb[c][t] for c in CAMERAS}, "observation/state": ep.state[t],
            "prompt": ep.task}
     policy.generator.manual_seed(3 + 3)
-    mae, mse = chunk_errors(policy.infer(obs)["actions"], ep.action[t:t + 4], stats)
+    mae, mse, per_dim = chunk_errors(policy.infer(obs)["actions"], ep.action[t:t + 4], stats)
     assert mae == pytest.approx(clip["mae"]["true"], rel=1e-6) and mse == pytest.approx(clip["mse"]["true"], rel=1e-6)
+    assert per_dim == pytest.approx(clip["mae_per_dimension"]["true"], rel=1e-6)
 
 
 @pytest.mark.parametrize("blind, same, differs", [("images", "other_images", "other_state"),
@@ -124,11 +125,18 @@ def test_blind_chunk_is_the_partner_episodes_recorded_chunk(checkpoints, dataset
                     (2, 0, 0, 0), (2, 6, 0, 4), (2, 12, 0, 4)]
     stats = load_dataset_norm_stats(dataset)
     scale = np.maximum(np.abs(stats.action.q01), np.abs(stats.action.q99))
-    maes, mses = [], []
+    maes, mses, per_dims = [], [], []
     for e, t, o, u in plan:
         diff = (episodes[o].action[u:u + 4] - episodes[e].action[t:t + 4]) / scale
         maes.append(np.abs(diff).mean())
         mses.append((diff**2).mean())
+        per_dims.append(np.abs(diff).mean(axis=0))
+    blind_per_dim = [r["per_dimension"][name]["blind_chunk"] for name in stats.action_names]
+    assert blind_per_dim == pytest.approx(np.mean(per_dims, axis=0).tolist(), rel=1e-5)
+    # every dimension weighs alike in the overall MAE, so it is the mean of the per-dimension ones
+    for cond in ("true", "other_images", "other_state", "blind_chunk"):
+        per_dim = [r["per_dimension"][name][cond] for name in stats.action_names]
+        assert np.mean(per_dim) == pytest.approx(r["conditions"][cond]["mae"], rel=1e-6)
     assert r["conditions"]["blind_chunk"]["mae"] == pytest.approx(np.mean(maes), rel=1e-5)
     assert r["conditions"]["blind_chunk"]["mse"] == pytest.approx(np.mean(mses), rel=1e-5)
     assert r["ratios"]["blind_chunk/true"] == pytest.approx(np.mean(maes) / r["conditions"]["true"]["mae"], rel=1e-5)
@@ -148,6 +156,10 @@ def test_cli_writes_json_and_table(checkpoints, dataset, tmp_path, capsys):
     table = (out / "diagnose.md").read_text()
     for cond in ("true", "other_images", "other_state", "blind_chunk"):
         assert f"| {cond} |" in table
+    assert list(result["per_dimension"]) == json.loads((checkpoints[None] / "norm_stats.json").read_text())[
+        "action_names"]
+    for name in result["per_dimension"]:
+        assert f"| {name} |" in table
     assert not list(out.glob("*.tmp"))
     assert "other_images / true" in capsys.readouterr().out
 

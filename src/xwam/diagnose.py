@@ -16,7 +16,9 @@ state are exactly the observation its recorded (blind) chunk followed.
 Every condition runs on the same clips, and clip ``i`` seeds the policy's generator with
 ``seed + i`` before each condition: the sampler's noise is identical across conditions, so the
 differences come only from the inputs. Errors are in normalised action units (the checkpoint's
-statistics), over the valid action dimensions and the whole chunk, averaged over clips.
+statistics), over the valid action dimensions and the whole chunk, averaged over clips; each
+dimension's MAE is reported too, because every dimension weighs alike in the overall number and one
+the cameras cannot inform (a tiny orientation correction, normalised by its tiny range) dilutes it.
 
 If ``other_images`` scores about like ``true`` the policy hardly looks at its cameras; our target is
 ``other_images / true >= 2``.
@@ -95,12 +97,13 @@ def plan_clips(lengths: dict[int, int], episodes: list[int], horizon: int, clips
     return plans
 
 
-def chunk_errors(pred: np.ndarray, true: np.ndarray, stats: Any) -> tuple[float, float]:
-    """(MAE, MSE) of two (K, A) chunks in robot units, in normalised units over valid dimensions."""
+def chunk_errors(pred: np.ndarray, true: np.ndarray, stats: Any) -> tuple[float, float, list[float]]:
+    """(MAE, MSE, MAE per valid dimension) of two (K, A) chunks in robot units, in normalised units
+    over the valid dimensions."""
     valid = np.asarray(stats.action_valid, bool)
     diff = (stats.normalize_action(np.asarray(pred, np.float64))
             - stats.normalize_action(np.asarray(true, np.float64)))[:, valid]
-    return float(np.abs(diff).mean()), float((diff**2).mean())
+    return float(np.abs(diff).mean()), float((diff**2).mean()), np.abs(diff).mean(axis=0).tolist()
 
 
 def vision_check(
@@ -199,13 +202,19 @@ def vision_check(
         errors["blind_chunk"] = chunk_errors(other["chunk"], own["chunk"], stats)
         clips.append({"episode": p.episode, "start": p.start, "other_episode": p.other_episode,
                       "other_start": p.other_start, "mae": {c: errors[c][0] for c in CONDITIONS},
-                      "mse": {c: errors[c][1] for c in CONDITIONS}})
+                      "mse": {c: errors[c][1] for c in CONDITIONS},
+                      "mae_per_dimension": {c: errors[c][2] for c in CONDITIONS}})
 
     conditions = {c: {"mae": float(np.mean([clip["mae"][c] for clip in clips])),
                       "mse": float(np.mean([clip["mse"][c] for clip in clips]))} for c in CONDITIONS}
     base = conditions["true"]["mae"]
     ratios = {f"{c}/true": (conditions[c]["mae"] / base if base > 0 else None) for c in CONDITIONS[1:]}
     vision_ratio = ratios["other_images/true"]
+    # The overall MAE weighs every normalised dimension alike; a dimension the cameras cannot inform
+    # (e.g. a small orientation correction divided by its tiny std) dilutes the ratio, so show each.
+    names = [n for n, ok in zip(stats.action_names, np.asarray(stats.action_valid, bool)) if ok]
+    per_dimension = {name: {c: float(np.mean([clip["mae_per_dimension"][c][d] for clip in clips]))
+                            for c in CONDITIONS} for d, name in enumerate(names)}
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -219,6 +228,7 @@ def vision_check(
         "action_steps": int(policy.config.sampler.action_steps),
         "conditions": conditions,
         "ratios": ratios,
+        "per_dimension": per_dimension,
         "vision_target": VISION_TARGET,
         "uses_vision": None if vision_ratio is None else bool(vision_ratio >= VISION_TARGET),
         "clips": clips,
@@ -254,6 +264,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"other_images / true = {ratio:.2f} (target >= {result['vision_target']:g}, {verdict}); "
                      f"other_state / true = {_fmt(result['ratios']['other_state/true'])}; "
                      f"blind_chunk / true = {_fmt(result['ratios']['blind_chunk/true'])}")
+    per_dimension = result.get("per_dimension")
+    if per_dimension:
+        lines += ["", "MAE per action dimension (which dimensions the cameras inform):", "",
+                  "| dimension | " + " | ".join(CONDITIONS) + " | other_images / true |",
+                  "|---|" + "---|" * (len(CONDITIONS) + 1)]
+        for name, row in per_dimension.items():
+            ratio = row["other_images"] / row["true"] if row["true"] > 0 else None
+            lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in CONDITIONS) + f" | {_fmt(ratio)} |")
     return "\n".join(lines) + "\n"
 
 
