@@ -50,7 +50,8 @@ def collect(demo: Path) -> dict[str, Any]:
     vision = _read(demo / "diagnose" / "diagnose.json")
     if vision:
         record["vision_check"] = {"clips": vision["num_clips"], "mae": {k: v["mae"] for k, v in vision["conditions"].items()},
-                                  "ratios": vision["ratios"], "mae_per_dimension": vision.get("per_dimension")}
+                                  "ratios": vision["ratios"], "mae_per_dimension": vision.get("per_dimension"),
+                                  "per_dimension_ratios": vision.get("per_dimension_other_images/true")}
     return record
 
 

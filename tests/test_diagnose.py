@@ -158,8 +158,9 @@ def test_cli_writes_json_and_table(checkpoints, dataset, tmp_path, capsys):
         assert f"| {cond} |" in table
     assert list(result["per_dimension"]) == json.loads((checkpoints[None] / "norm_stats.json").read_text())[
         "action_names"]
-    for name in result["per_dimension"]:
+    for name, row in result["per_dimension"].items():
         assert f"| {name} |" in table
+        assert result["per_dimension_other_images/true"][name] == pytest.approx(row["other_images"] / row["true"])
     assert not list(out.glob("*.tmp"))
     assert "other_images / true" in capsys.readouterr().out
 

@@ -345,9 +345,10 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
             "another episode's cameras at the same time with the true state; 'other state': the reverse; 'blind "
             f"chunk': another episode's recorded chunk, no model. Target: other images >= "
             f"{vision['vision_target']:g}x true."))
-        if vision.get("per_dimension"):
+        ratios = vision.get("per_dimension_other_images/true")  # absent in diagnose.json of older runs
+        if vision.get("per_dimension") and ratios:
             rows = [{"action dimension": name, **{cond.replace("_", " "): round(mae, 4) for cond, mae in row.items()},
-                     "other images / true": round(row["other_images"] / row["true"], 2) if row["true"] else None}
+                     "other images / true": None if ratios[name] is None else round(ratios[name], 2)}
                     for name, row in vision["per_dimension"].items()]
             report.add_table(rows, caption="The same errors per action dimension (normalised units): the overall "
                                            "MAE weighs every dimension alike, so one the cameras cannot inform "

@@ -211,10 +211,12 @@ def vision_check(
     ratios = {f"{c}/true": (conditions[c]["mae"] / base if base > 0 else None) for c in CONDITIONS[1:]}
     vision_ratio = ratios["other_images/true"]
     # The overall MAE weighs every normalised dimension alike; a dimension the cameras cannot inform
-    # (e.g. a small orientation correction divided by its tiny std) dilutes the ratio, so show each.
+    # (e.g. a small orientation correction scaled up by its tiny range) dilutes the ratio, so show each.
     names = [n for n, ok in zip(stats.action_names, np.asarray(stats.action_valid, bool)) if ok]
     per_dimension = {name: {c: float(np.mean([clip["mae_per_dimension"][c][d] for clip in clips]))
                             for c in CONDITIONS} for d, name in enumerate(names)}
+    per_dimension_ratios = {name: (row["other_images"] / row["true"] if row["true"] > 0 else None)
+                            for name, row in per_dimension.items()}
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -229,6 +231,7 @@ def vision_check(
         "conditions": conditions,
         "ratios": ratios,
         "per_dimension": per_dimension,
+        "per_dimension_other_images/true": per_dimension_ratios,
         "vision_target": VISION_TARGET,
         "uses_vision": None if vision_ratio is None else bool(vision_ratio >= VISION_TARGET),
         "clips": clips,
@@ -265,13 +268,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"other_state / true = {_fmt(result['ratios']['other_state/true'])}; "
                      f"blind_chunk / true = {_fmt(result['ratios']['blind_chunk/true'])}")
     per_dimension = result.get("per_dimension")
-    if per_dimension:
+    if per_dimension and "per_dimension_other_images/true" in result:
         lines += ["", "MAE per action dimension (which dimensions the cameras inform):", "",
                   "| dimension | " + " | ".join(CONDITIONS) + " | other_images / true |",
                   "|---|" + "---|" * (len(CONDITIONS) + 1)]
+        ratios = result["per_dimension_other_images/true"]
         for name, row in per_dimension.items():
-            ratio = row["other_images"] / row["true"] if row["true"] > 0 else None
-            lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in CONDITIONS) + f" | {_fmt(ratio)} |")
+            lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in CONDITIONS) + f" | {_fmt(ratios[name])} |")
     return "\n".join(lines) + "\n"
 
 
