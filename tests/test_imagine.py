@@ -78,6 +78,17 @@ def test_eval_4d_on_held_out_episodes_writes_tables(lift32, tmp_path):
     assert "| all |" in table and "| static |" in table and "| 2 |" in table
     assert "frozen present (all)" in table and "expected (all)" in table
     assert len(list(out.glob("episode*/report.html"))) == 1
+    assert metrics["sampler"]["video_temperature"] == 1.0  # the tiny preset's
+    # --temperature changes the sampled futures only: the expected future is read at unit noise
+    cold = tmp_path / "cold"
+    assert main(["eval-4d", "--checkpoint", str(ckpt), "--data", str(data), "--episodes", "0,1", "--starts", "2",
+                 "--out", str(cold), "--video-steps", "4", "--temperature", "0", "--save-clips", "0"]) == 0
+    cold_metrics = json.loads((cold / "metrics.json").read_text())
+    assert cold_metrics["sampler"]["video_temperature"] == 0.0
+    assert "video temperature 0" in (cold / "metrics.md").read_text()
+    assert cold_metrics["summary"]["all"]["mean"]["psnr"] != mean["psnr"]
+    assert cold_metrics["summary_expected"]["all"]["mean"]["psnr"] == pytest.approx(
+        metrics["summary_expected"]["all"]["mean"]["psnr"], abs=1e-3)
 
 
 def test_ground_truth_as_prediction_scores_perfectly(lift32):

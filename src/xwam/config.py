@@ -207,10 +207,19 @@ class SamplerConfig:
     # the X-WAM release feeds the model int(1000 sigma) (its scheduler's integer timesteps), not the
     # float; on for release checkpoints (`xwam convert release:`), off for models trained here
     integer_timesteps: bool = False
+    # scale of each stream's starting noise, as a temperature: 1 samples the model's whole
+    # distribution of futures; below 1 samples nearer its likely ones (less varied, less speckled);
+    # 0 is the deterministic flow from zero noise
+    video_temperature: float = 1.0
+    action_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.video_steps < 1 or self.action_steps < 1:
             raise ValueError("video_steps and action_steps must be >= 1")
+        for name in ("video_temperature", "action_temperature"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 2.0:
+                raise ValueError(f"{name}={value} must lie in [0, 2] (1: the model's full distribution)")
         if self.action_steps > self.video_steps:
             raise ValueError(
                 f"action_steps={self.action_steps} cannot exceed video_steps={self.video_steps}: "
@@ -416,8 +425,12 @@ def _small() -> XWAMConfig:
     # Most samples keep noisy actions (the paper's 0.5 leaves half the batch without an action loss):
     # on a 14-minute budget the policy is what the demo is judged on.
     diffusion = DiffusionConfig(clean_action_prob=0.2)
-    return XWAMConfig(model=model, sampler=SamplerConfig(video_steps=20, action_steps=5), diffusion=diffusion,
-                      preset="small")
+    # Sampling both streams at temperature 0.5 (measured on the demo's checkpoint, 12 held-out clips):
+    # the sampled future's PSNR over all views rose from 19.00 to 19.61 dB (frozen present 19.41),
+    # SSIM 0.57 -> 0.71, depth AbsRel 0.149 -> 0.151; the open-loop action error fell 0.099 -> 0.093
+    # and closed-loop success stayed 49-50/50
+    sampler = SamplerConfig(video_steps=20, action_steps=5, video_temperature=0.5, action_temperature=0.5)
+    return XWAMConfig(model=model, sampler=sampler, diffusion=diffusion, preset="small")
 
 
 def _wan22_ti2v_5b() -> XWAMConfig:

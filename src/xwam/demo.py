@@ -312,7 +312,9 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
         for group, block in eval4d["summary"].items():
             if not block:
                 continue
-            rows.append({"prediction": "model: sampled future", "views": group, **_rounded(block["mean"])})
+            temperature = (eval4d.get("sampler") or {}).get("video_temperature")
+            drawn = "" if temperature is None else f" (temperature {temperature:g})"
+            rows.append({"prediction": f"model: sampled future{drawn}", "views": group, **_rounded(block["mean"])})
             if mean.get(group):
                 rows.append({"prediction": "model: expected future", "views": group, **_rounded(mean[group]["mean"])})
             if frozen.get(group):

@@ -191,3 +191,41 @@ def test_the_expected_future_is_the_first_calls_clean_estimate_and_leaves_the_sa
     torch.testing.assert_close(result.expected_video, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.expected_depth, out.depth, rtol=1e-5, atol=1e-5)
     assert torch.equal(result.expected_states[:, 0], cond.state0)
+
+
+def test_temperature_scales_each_stream_starting_noise(model):
+    cond = conditioning(model)
+
+    def sample(seed, **temps):
+        cfg = SamplerConfig(video_steps=4, action_steps=2, solver="euler", **temps)
+        return AsyncSampler(model, cfg).sample(cond, mode="4d", depth=False, generator=torch.Generator().manual_seed(seed))
+
+    base = sample(0)
+    same = sample(0, video_temperature=1.0, action_temperature=1.0)
+    assert torch.equal(base.video, same.video) and torch.equal(base.actions, same.actions)
+    # temperature 0: the deterministic flow from zero noise, whatever the seed
+    a, b = sample(0, video_temperature=0.0, action_temperature=0.0), sample(1, video_temperature=0.0, action_temperature=0.0)
+    assert torch.equal(a.video, b.video) and torch.equal(a.actions, b.actions) and torch.equal(a.states, b.states)
+    # the streams are scaled independently: cold video, hot actions still depend on the seed
+    c, d = sample(0, video_temperature=0.0), sample(1, video_temperature=0.0)
+    assert not torch.equal(c.actions, d.actions)
+    # a lower temperature draws samples closer together (less spread between seeds)
+    spread = {t: (sample(0, video_temperature=t).video - sample(1, video_temperature=t).video).std().item()
+              for t in (1.0, 0.5)}
+    assert spread[0.5] < spread[1.0]
+    with pytest.raises(ValueError, match="video_temperature"):
+        SamplerConfig(video_temperature=-0.1)
+
+
+def test_the_expected_future_does_not_depend_on_the_temperature(model):
+    cond = conditioning(model)
+
+    def sample(**temps):
+        cfg = SamplerConfig(video_steps=4, action_steps=2, solver="euler", **temps)
+        return AsyncSampler(model, cfg).sample(cond, mode="4d", expected=True,
+                                               generator=torch.Generator().manual_seed(0))
+
+    hot, cold = sample(), sample(video_temperature=0.5, action_temperature=0.5)
+    assert not torch.allclose(hot.video, cold.video)
+    for name in ("expected_video", "expected_states", "expected_depth"):
+        assert torch.allclose(getattr(hot, name), getattr(cold, name), atol=1e-5), name

@@ -62,12 +62,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
     p.add_argument("--video-steps", type=int, default=None, help="override the sampler's video steps N (action steps k become min(k, N))")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="override the video stream's sampling temperature (the checkpoint's sampler.video_temperature): "
+                        "1 samples the model's whole distribution of futures (sharp, speckled), lower values its "
+                        "likely ones (smoother), 0 the deterministic flow from zero noise")
     p.add_argument("--max-depth", type=float, default=None, help="ignore depth beyond this many metres")
     p.add_argument("--voxel", type=float, default=0.005, help="voxel size (m) of the saved clouds (0: none)")
 
 
-def load_policy(checkpoint: str | Path, *, device: str = "cpu", video_steps: int | None = None) -> XWAMPolicy:
-    """The checkpoint's policy, with ``video_steps`` video sampler steps when given."""
+def load_policy(checkpoint: str | Path, *, device: str = "cpu", video_steps: int | None = None,
+                temperature: float | None = None) -> XWAMPolicy:
+    """The checkpoint's policy, with ``video_steps`` video sampler steps and the video stream's
+    ``temperature`` when given."""
     from xwam.policy import XWAMPolicy
 
     policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
@@ -79,6 +85,8 @@ def load_policy(checkpoint: str | Path, *, device: str = "cpu", video_steps: int
         # the action grid runs alongside the first video calls, so it cannot be longer (see --video-steps)
         policy = policy.with_sampler(video_steps=video_steps,
                                      action_steps=min(policy.config.sampler.action_steps, video_steps))
+    if temperature is not None:
+        policy = policy.with_sampler(video_temperature=temperature)
     return policy
 
 
@@ -121,6 +129,7 @@ def _check_resolution(policy, episode) -> None:
 def run_imagine(args: argparse.Namespace) -> int:
     imagine_future(args.checkpoint, args.out, episode=args.episode, task=args.task, seed=args.seed,
                    rerun=args.rerun, device=args.device, video_steps=args.video_steps, max_depth=args.max_depth,
+                   temperature=args.temperature,
                    voxel=args.voxel)
     return 0
 
@@ -135,6 +144,7 @@ def imagine_future(
     rerun: bool = False,
     device: str = "cpu",
     video_steps: int | None = None,
+    temperature: float | None = None,
     max_depth: float | None = None,
     voxel: float = 0.005,
 ) -> dict[str, Path]:
@@ -146,7 +156,7 @@ def imagine_future(
 
     if (episode is None) == (task is None):
         raise ValueError("give exactly one of episode and task")
-    policy = load_policy(checkpoint, device=device, video_steps=video_steps)
+    policy = load_policy(checkpoint, device=device, video_steps=video_steps, temperature=temperature)
     m = policy.config.model
     fps_video = None
     if episode:
@@ -204,6 +214,7 @@ def _select(spec: str | Sequence[int], n: int) -> list[int]:
 def run_eval_4d(args: argparse.Namespace) -> int:
     eval_4d(args.checkpoint, args.data, args.out, episodes=args.episodes, starts=args.starts, seed=args.seed,
             save_clips=args.save_clips, device=args.device, video_steps=args.video_steps,
+            temperature=args.temperature,
             max_depth=args.max_depth, voxel=args.voxel)
     return 0
 
@@ -219,6 +230,7 @@ def eval_4d(
     save_clips: int = 1,
     device: str = "cpu",
     video_steps: int | None = None,
+    temperature: float | None = None,
     max_depth: float | None = None,
     voxel: float = 0.005,
 ) -> dict[str, Any]:
@@ -239,7 +251,7 @@ def eval_4d(
         raise ValueError(f"eval-4d scores metric depth lifted to 3D with camera matrices, but {data} holds "
                          f"{dataset.depth_kind!r} depth (the release's relative 8-bit code, no metric scale) "
                          f"and no camera matrices; use `xwam diagnose` for its action chunks")
-    policy = load_policy(checkpoint, device=device, video_steps=video_steps)
+    policy = load_policy(checkpoint, device=device, video_steps=video_steps, temperature=temperature)
     m = policy.config.model
     selected = _select(episodes, dataset.num_episodes)
     if not selected:
@@ -278,10 +290,15 @@ def eval_4d(
     summary = aggregate(clips)
     frozen_summary = aggregate(clips, key="baseline_frozen")
     expected_summary = aggregate(clips, key="expected")
-    payload = {"checkpoint": str(checkpoint), "data": str(data), "clips": clips, "summary": summary,
+    sampler = policy.config.sampler
+    payload = {"checkpoint": str(checkpoint), "data": str(data),
+               "sampler": {"video_steps": sampler.video_steps, "solver": sampler.solver, "shift": sampler.shift,
+                           "video_temperature": sampler.video_temperature},
+               "clips": clips, "summary": summary,
                "summary_expected": expected_summary, "summary_baseline_frozen": frozen_summary}
     atomic_write_json(out / "metrics.json", payload)
-    table = markdown(summary, len(clips), baseline=frozen_summary, expected=expected_summary)
+    table = markdown(summary, len(clips), baseline=frozen_summary, expected=expected_summary,
+                     temperature=sampler.video_temperature)
     atomic_write_text(out / "metrics.md", table)
     print(table)
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
@@ -334,10 +351,13 @@ def _cell(block: dict | None, name: str) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def markdown(summary: dict, n: int, baseline: dict | None = None, expected: dict | None = None) -> str:
-    """``summary``: the sampled futures; ``expected``: the model's mean futures; ``baseline``: the frozen
-    present (each as :func:`aggregate` returns it)."""
-    lines = [f"4D quality over {n} clips: means over the predicted frames 1.. (PSNR in dB, Chamfer in metres)", "",
+def markdown(summary: dict, n: int, baseline: dict | None = None, expected: dict | None = None,
+             temperature: float | None = None) -> str:
+    """``summary``: the sampled futures (drawn at video ``temperature``); ``expected``: the model's mean
+    futures; ``baseline``: the frozen present (each as :func:`aggregate` returns it)."""
+    drawn = "" if temperature is None else f"; futures sampled at video temperature {temperature:g}"
+    lines = [f"4D quality over {n} clips: means over the predicted frames 1.. (PSNR in dB, Chamfer in metres{drawn})",
+             "",
              "| views | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for group, block in summary.items():
         cells = [_cell(block, k) for k in METRICS]

@@ -14,7 +14,11 @@ re-imposed after every call.
   there the mean of the future given the observation, E[x0 | observation]: the *expected* future, a
   blurry average, where the sample is one sharp possible future. A sample's squared error is that
   of the mean plus the sample's spread, so scores that reward the mean (PSNR, AbsRel) are read on
-  both (``xwam eval-4d``).
+  both (``xwam eval-4d``). The estimate is read from unit-scale noise, one extra call when a
+  temperature is below 1, so it is the same at every temperature.
+- temperatures (``SamplerConfig.video_temperature`` / ``action_temperature``): each stream starts
+  from its noise times the temperature; below 1 the sample lies nearer the model's likely futures,
+  between the sharp but speckled sample at 1 and the deterministic flow from zero noise at 0.
 
 Actions are handed out (generator event or callback) as soon as the k-th call finishes.
 """
@@ -152,27 +156,24 @@ class AsyncSampler:
             return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
         frames, height, width = mcfg.latent_frames, cond.video0.shape[-2], cond.video0.shape[-1]
-        x_video = randn(batch, mcfg.num_views, mcfg.latent_channels, frames, height, width)
-        x_video[:, :, :, :1] = cond.video0
-        x_actions = randn(batch, mcfg.action_horizon, mcfg.action_dim)
+        # unit draws, then scaled by each stream's temperature (SamplerConfig); the expected future
+        # is read from the unit draws, the scale the model was trained at
+        unit_video = randn(batch, mcfg.num_views, mcfg.latent_channels, frames, height, width)
+        unit_actions = randn(batch, mcfg.action_horizon, mcfg.action_dim)
         prefix, prefix_len, keep = _prefix(cond, batch, mcfg.action_horizon, mcfg.action_dim, device)
-        x_states = randn(batch, mcfg.num_states, mcfg.state_dim)
-        x_states[:, 0] = cond.state0
+        unit_states = randn(batch, mcfg.num_states, mcfg.state_dim)
+        x_video = cfg.video_temperature * unit_video
+        x_actions = cfg.action_temperature * unit_actions
+        x_states = cfg.action_temperature * unit_states
+        for video, states in ((x_video, x_states), (unit_video, unit_states)):
+            video[:, :, :, :1] = cond.video0
+            states[:, 0] = cond.state0
         text = cond.text
         if guided:
             text = torch.cat([cond.text, cond.text_uncond.expand_as(cond.text)], 0)
 
-        result = SampleResult(actions=x_actions, states=x_states)
-        start = time.perf_counter()
-        for i in range(calls):
-            t0 = time.perf_counter()
-            t_video = video_solver.sigmas[i].to(device).expand(batch)
-            actions_active = i < action_steps
-            t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
-            run_depth = want_depth and (depth_every_call or i == calls - 1 or (want_expected and i == 0))
-            if prefix is not None:
-                # committed actions enter clean (t = 0), as in training with action prefixes
-                x_actions = torch.where(keep, prefix, x_actions)
+        def velocities(x_video, x_actions, x_states, t_video, t_action, run_depth):
+            """One model call (two with guidance): the velocities of the three streams and the depth."""
             inputs = [x_video, x_actions, x_states]
             call_prefix_len = prefix_len
             if guided:
@@ -191,14 +192,37 @@ class AsyncSampler:
                 v_video, v_actions, v_states = (
                     u + cfg.guidance_scale * (c - u) for c, u in (v.chunk(2, 0) for v in (v_video, v_actions, v_states))
                 )
-            if out.depth is not None:
-                result.depth = out.depth.float()[:batch]
+            depth_out = None if out.depth is None else out.depth.float()[:batch]
+            return v_video, v_actions, v_states, depth_out
+
+        unit_temperature = cfg.video_temperature == 1.0 and cfg.action_temperature == 1.0
+        result = SampleResult(actions=x_actions, states=x_states)
+        start = time.perf_counter()
+        for i in range(calls):
+            t0 = time.perf_counter()
+            t_video = video_solver.sigmas[i].to(device).expand(batch)
+            actions_active = i < action_steps
+            t_action = (action_solver.sigmas[i] if actions_active else torch.tensor(0.0)).to(device).expand(batch)
+            run_depth = want_depth and (depth_every_call or i == calls - 1 or (want_expected and i == 0 and unit_temperature))
+            if prefix is not None:
+                # committed actions enter clean (t = 0), as in training with action prefixes
+                x_actions = torch.where(keep, prefix, x_actions)
+                unit_actions = torch.where(keep, prefix, unit_actions)
+            v_video, v_actions, v_states, depth_out = velocities(x_video, x_actions, x_states, t_video, t_action, run_depth)
+            if depth_out is not None:
+                result.depth = depth_out
             if want_expected and i == 0:
-                result.expected_video = x_video - video_solver.sigmas[0].item() * v_video
+                # the first call's clean estimate x - sigma v; at another temperature, one extra call
+                # on the unit draws, so the expected future does not depend on the temperature
+                e_video, e_states, e_depth = v_video, v_states, depth_out
+                if not unit_temperature:
+                    e_video, _, e_states, e_depth = velocities(unit_video, unit_actions, unit_states, t_video,
+                                                               t_action, want_depth)
+                result.expected_video = unit_video - video_solver.sigmas[0].item() * e_video
                 result.expected_video[:, :, :, :1] = cond.video0
-                result.expected_states = x_states - action_solver.sigmas[0].item() * v_states
+                result.expected_states = unit_states - action_solver.sigmas[0].item() * e_states
                 result.expected_states[:, 0] = cond.state0
-                result.expected_depth = result.depth
+                result.expected_depth = e_depth
             x_video = video_solver.step(i, v_video, x_video)
             x_video[:, :, :, :1] = cond.video0
             if actions_active:
