@@ -49,3 +49,35 @@ def test_a_converted_release_checkpoint_acts_as_the_release_does(tmp_path, capsy
     assert policy.processor.center_crop == 0.95 and policy.chunker.replan_every == 4
     assert policy.describe() == "4 action steps, re-plan every 4 of 4 actions, integer timesteps, centre crop 0.95"
     assert policy.metadata["replan_every"] == 4 and policy.metadata["integer_timesteps"]
+
+
+def test_convert_an_xwam_checkpoint_keeps_its_codec_and_applies_set(tmp_path, capsys):
+    """A PCA checkpoint copied with new sampler defaults still loads as a policy: the fitted codec
+    travels with the weights, and the copy samples at the new temperature."""
+    from xwam.data.stats import NormStats
+    from xwam.model.checkpoint import load_codec_state, save_checkpoint
+    from xwam.policy import XWAMPolicy
+    from xwam.processor import XWAMProcessor
+
+    cfg = get_preset("tiny").override(["model.codec=pca", "model.latent_channels=6"])
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, cfg.model.num_views, 3, 3, 16, 16), dtype=torch.uint8, generator=g)
+    depth = 0.5 + torch.rand(4, cfg.model.num_views, 3, 16, 16, generator=g)
+    codec = XWAMProcessor.fit_codec_state(cfg.model, images, depth, "metric")
+    rng = __import__("numpy").random.default_rng(0)
+    stats = NormStats.from_arrays(rng.normal(size=(50, cfg.model.state_dim)),
+                                  rng.normal(size=(50, cfg.model.action_dim))).to_dict()
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "src", XWAMTransformer(cfg.model), cfg, norm_stats=stats, codec_state=codec)
+    out = tmp_path / "cold"
+    assert main(["convert", f"xwam:{tmp_path / 'src'}", "--out", str(out),
+                 "--set", "sampler.video_temperature=0.5", "--set", "sampler.action_temperature=0"]) == 0
+    model, config, copied_stats = load_checkpoint(out)
+    assert config.sampler.video_temperature == 0.5 and config.sampler.action_temperature == 0.0
+    assert config.model == cfg.model and copied_stats == stats
+    copied_codec = load_codec_state(out)
+    assert set(copied_codec) == set(codec) and all(torch.equal(copied_codec[k], codec[k]) for k in codec)
+    assert XWAMPolicy.from_checkpoint(out).config.sampler.video_temperature == 0.5
+    assert main(["convert", f"xwam:{tmp_path / 'src'}", "--out", str(tmp_path / "bad"),
+                 "--set", "model.num_layers=1"]) == 2
+    assert "fix its model section" in capsys.readouterr().err

@@ -15,12 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "release:PATH (checkpoint/mp_rank_00_model_states.pt of the X-WAM release; its frozen umT5 text "
             "encoder is written out with --text-encoder-out, its frozen VAE is skipped: it is Wan2.2's, load it "
             "with --vae-path), wan:PATH (Wan2.2 in diffusers layout or original layout; the depth "
-            "branch is initialised as copies of the last blocks and the new modules randomly), xwam:PATH."
+            "branch is initialised as copies of the last blocks and the new modules randomly), xwam:PATH (a copy "
+            "of an xwam checkpoint, its fitted codec kept, with --set applied to its own config: e.g. its "
+            "sampler or policy defaults; the model section is fixed by the weights)."
         ),
     )
     p.add_argument("source", help="release:PATH | wan:PATH | xwam:PATH")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--preset", default="wan22-ti2v-5b", help="model preset the weights belong to")
+    p.add_argument("--preset", default="wan22-ti2v-5b",
+                   help="model preset the weights belong to (release: and wan:; an xwam: checkpoint has its own)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override")
     p.add_argument("--norm-stats", default=None,
                    help="normalisation statistics to store with it (a dataset folder or a JSON file)")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from xwam.config import RELEASE_PARITY, get_preset
-    from xwam.model.checkpoint import load_checkpoint, save_checkpoint
+    from xwam.model.checkpoint import load_checkpoint, load_codec_state, save_checkpoint
     from xwam.model.loading import (
         build_from_wan,
         read_release_state,
@@ -55,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenizer and not args.text_encoder_out:
         raise ValueError("--tokenizer needs --text-encoder-out (where to put it)")
     # a release checkpoint acts as the release does unless told otherwise (later --set wins)
-    config = get_preset(args.preset).override((RELEASE_PARITY if kind == "release" else []) + args.set)
-    stats = None
+    if kind != "xwam":
+        config = get_preset(args.preset).override((RELEASE_PARITY if kind == "release" else []) + args.set)
+    elif any(item.startswith("model.") for item in args.set):
+        raise ValueError("an xwam checkpoint's weights fix its model section: --set may change the sampler, "
+                         "policy or diffusion sections only (fine-tune with `xwam train` to change the model)")
+    stats, codec_state = None, None
     torch.manual_seed(args.seed)
     if kind == "release":
         raw, file = read_release_state(path)
@@ -70,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
         model = build_from_wan(path, config.model)
     else:
         model, config, stats = load_checkpoint(path)
+        config = config.override(args.set)
+        codec_state = load_codec_state(path)  # a fitted codec (pca) belongs with the weights
     if args.norm_stats:
         from xwam.data.stats import NormStats, load_dataset_norm_stats
 
         src = Path(args.norm_stats)
         stats = (load_dataset_norm_stats(src) if src.is_dir() else NormStats.from_json(src)).to_dict()
     out = save_checkpoint(args.out, model, config, norm_stats=stats,
-                          metadata={"converted_from": args.source})
+                          metadata={"converted_from": args.source}, codec_state=codec_state)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n / 1e6:.1f} M parameters, preset {config.preset})")
     if kind == "release":
