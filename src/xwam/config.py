@@ -279,6 +279,9 @@ class DiffusionConfig:
     beta_a: float = 1.5
     beta_b: float = 1.0
     text_dropout: float = 0.1
+    # share of samples whose current state (state token 0) is zeroed, so that the model must locate
+    # the robot from its cameras; 0 (off) as in the paper
+    state_dropout: float = 0.0
     # Real-time chunking support: for this share of samples with noisy actions, a random prefix of
     # 1..K/2 actions is given clean (t = 0, excluded from the loss), so at inference the next chunk
     # can be generated as a continuation of actions already committed to the robot.
@@ -289,6 +292,10 @@ class DiffusionConfig:
     action_loss_weight: float = 1.0
     state_loss_weight: float = 1.0
     depth_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ValueError(f"diffusion.state_dropout={self.state_dropout} must lie in [0, 1) (0: off)")
 
     def loss_weights(self) -> dict[str, float]:
         return {"video": self.video_loss_weight, "action": self.action_loss_weight,

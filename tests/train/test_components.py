@@ -218,3 +218,34 @@ def test_trainer_applies_the_configured_loss_weights(synthetic_dataset: Path, tm
     losses = trainer.train_step([batch])
     assert losses["video"] > 0 and losses["grad_norm"] == 0.0
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, trainer.trainable))
+
+
+def test_state_dropout_zeroes_the_current_state_and_changes_no_other_draw():
+    preset = get_preset("tiny")
+    inputs = _inputs(preset.model)
+    shapes = inputs.video.shape[1:], inputs.actions.shape[1:], inputs.states.shape[1:]
+    off = draw_noise([11, 12, 13], *shapes, preset.diffusion)
+    on = draw_noise([11, 12, 13], *shapes, dataclasses.replace(preset.diffusion, state_dropout=0.999))
+    assert not off.state_dropped.any() and on.state_dropped.all()
+    for name in ("t_video", "t_action", "actions_clean", "prefix_len", "text_dropped", "e_video", "e_states"):
+        assert torch.equal(getattr(off, name), getattr(on, name)), name
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, video, text, t_video, t_action, actions, states, **kw):
+            seen.append(states[:, 0].clone())
+            return self.model(video, text, t_video, t_action, actions, states, **kw)
+
+    torch.manual_seed(0)
+    spy = Spy(XWAMTransformer(preset.model))
+    loss_sums(spy, inputs, off)
+    loss_sums(spy, inputs, on)
+    assert torch.equal(seen[0], inputs.states[:, 0].float()) and not torch.equal(seen[0], seen[1])
+    assert torch.count_nonzero(seen[1]) == 0
+    with pytest.raises(ValueError, match="state_dropout"):
+        dataclasses.replace(preset.diffusion, state_dropout=1.0)

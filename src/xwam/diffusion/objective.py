@@ -3,10 +3,12 @@
 Conventions (X-WAM paper, arXiv 2604.26694; flow matching as in ``flow.py``):
 
 - Every sample draws its noise from its own generator seeded by its *sample seed*: ANS noise
-  levels, Gaussian noise for video / actions / states, the text-dropout flag and the committed
-  action prefix, in that order. A sample's noise therefore does not depend on the batch, rank or
+  levels, Gaussian noise for video / actions / states, the text-dropout flag, the committed
+  action prefix and the state-dropout flag, in that order. A sample's noise therefore does not depend on the batch, rank or
   micro-batch it lands in, which is what makes training resumable bit for bit.
-- Latent frame 0 (the observation) and state token 0 (the current state) stay clean.
+- Latent frame 0 (the observation) and state token 0 (the current state) stay clean. For a
+  ``state_dropout`` share of samples state token 0 is zeroed (the normalised mean state), so the
+  model must read where the robot is from its cameras (a lever against leaning on proprioception).
 - Samples drawn with clean actions (ANS, probability ``clean_action_prob``) drop their action and
   state losses. For an ``action_prefix_prob`` share of the others, the first 1..K/2 actions are given
   clean (t = 0) and excluded from the loss: real-time chunking continues actions already committed
@@ -56,6 +58,7 @@ class SampleNoise:
     actions_clean: torch.Tensor  # (B,) bool: action/state losses dropped
     prefix_len: torch.Tensor  # (B,) long: leading actions given clean (0 = none)
     text_dropped: torch.Tensor  # (B,) bool: sees the empty instruction
+    state_dropped: torch.Tensor  # (B,) bool: sees state token 0 zeroed
     e_video: torch.Tensor
     e_actions: torch.Tensor
     e_states: torch.Tensor
@@ -93,6 +96,8 @@ def draw_noise(
         use_prefix = torch.rand(1, generator=g) < cfg.action_prefix_prob
         length = torch.randint(1, max(2, horizon // 2 + 1), (1,), generator=g)
         parts["prefix_len"].append(torch.where(use_prefix & (horizon > 1), length, torch.zeros_like(length)))
+        # drawn last, so the draws above are the same whatever the dropout rate
+        parts["state_dropped"].append(torch.rand(1, generator=g) < cfg.state_dropout)
     noise = SampleNoise(**{k: torch.cat(v) if v[0].ndim == 1 else torch.stack(v) for k, v in parts.items()})
     if levels is not None:
         noise = replace(noise, t_video=levels.t_video.float().cpu(), t_action=levels.t_action.float().cpu(),
@@ -149,7 +154,7 @@ def loss_sums(model: nn.Module, inputs: TrainingInputs, noise: SampleNoise) -> t
     noisy_actions = add_noise(actions, noise.e_actions, noise.t_action)
     noisy_actions = torch.where(committed[..., None], actions, noisy_actions)
     noisy_states = add_noise(states, noise.e_states, noise.t_action)
-    noisy_states[:, :1] = states[:, :1]
+    noisy_states[:, :1] = torch.where(noise.state_dropped[:, None, None], 0.0, states[:, :1])
     text = inputs.text.float()
     if inputs.text_uncond is not None:
         text = torch.where(noise.text_dropped[:, None, None], inputs.text_uncond.float().expand_as(text), text)
