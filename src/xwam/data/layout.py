@@ -11,6 +11,7 @@ from __future__ import annotations
 ARM_STATE_NAMES = ["x", "y", "z", "qw", "qx", "qy", "qz", "gripper"]
 ARM_ACTION_NAMES = ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]
 QUATERNION_NAMES = {"qw", "qx", "qy", "qz"}
+QUATERNION_NAME_ORDER = ("qw", "qx", "qy", "qz")
 
 # A flat observation (the openpi layout the policy, the server, eval and imagine share) holds one
 # image per camera under OBS_IMAGE_PREFIX + camera, the state under OBS_STATE_KEY and "prompt".
@@ -38,3 +39,10 @@ def _per_arm(arm_names: list[str], dim: int, prefix: str) -> list[str]:
 def quaternion_dims(state_names: list[str]) -> list[bool]:
     """True for the state dimensions that hold quaternion components (left raw by normalisation)."""
     return [name.rsplit("_", 1)[-1] in QUATERNION_NAMES for name in state_names]
+
+
+def quaternion_groups(state_names: list[str]) -> list[list[int]]:
+    """Index lists [w, x, y, z] of each quaternion in the state (four names ending qw, qx, qy, qz)."""
+    suffix = [name.rsplit("_", 1)[-1] for name in state_names]
+    return [list(range(i, i + 4)) for i in range(len(suffix) - 3)
+            if tuple(suffix[i:i + 4]) == QUATERNION_NAME_ORDER]

@@ -8,6 +8,16 @@ frames is within about ``sqrt(q (1 - q) / n)`` in quantile rank: 0.0002 for 2 M 
 Normalisation (the X-WAM release):
 - state: xyz and gripper -> ``2 (x - q01) / (q99 - q01) - 1`` (q01 -> -1, q99 -> +1); quaternion
   dimensions are left raw.
+- state quaternions, optionally *aligned* (``ModelConfig.quaternion_norm = "aligned"``, our choice
+  for models trained from scratch): each quaternion is first moved to the hemisphere of a reference
+  (``q -> sign(q . r) q``, the same rotation), then normalised with quantiles like xyz, and
+  unnormalised back to the data's ``w >= 0`` form. The reference ``r`` is the data's mean
+  orientation, the principal eigenvector of ``sum q q^T`` (Markley et al., 2007, "Averaging
+  quaternions"). Why: a gripper pointing down is a half turn about a horizontal axis, so ``w`` is
+  near 0 and ``w >= 0`` flips the sign of x, y, z whenever the hand tilts through vertical (every
+  Lift episode does it 4 times), and the raw components that encode the small tilts the expert
+  corrects span 0.07 against 2 for normalised xyz. Aligned, the encoding is continuous wherever
+  the hand stays within a half turn of its mean orientation.
 - action: ``x / b`` with ``b = max(|q01|, |q99|)``, so 0 stays 0 ("no motion").
 - dimensions that are identically zero (padding, e.g. the right arm of single-arm data) are
   invalid: they normalise to 0, unnormalise to 0 and carry ``valid = False`` so losses mask them.
@@ -25,7 +35,13 @@ import numpy as np
 
 from xwam.atomic import atomic_write_json
 from xwam.data.errors import DatasetError
-from xwam.data.layout import default_action_names, default_state_names, quaternion_dims
+from xwam.data.layout import (
+    QUATERNION_NAME_ORDER,
+    default_action_names,
+    default_state_names,
+    quaternion_dims,
+    quaternion_groups,
+)
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 DEFAULT_MAX_FRAMES = 2_000_000
@@ -88,6 +104,9 @@ class NormStats:
     state_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     action_valid: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     state_raw: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # (S,) reference quaternions at the quaternion dimensions (zeros elsewhere) when the state's
+    # quaternions are aligned before normalisation (see the module docstring); None: left raw
+    quaternion_reference: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         S, A = len(self.state.q01), len(self.action.q01)
@@ -100,6 +119,38 @@ class NormStats:
         self.state_valid = np.asarray(self.state_valid, bool)
         self.action_valid = np.asarray(self.action_valid, bool)
         self.state_raw = np.asarray(self.state_raw, bool)
+        if self.quaternion_reference is not None:
+            ref = np.asarray(self.quaternion_reference, np.float64)
+            if ref.shape != (S,) or not quaternion_groups(self.state_names):
+                raise ValueError(f"quaternion_reference must have the state's {S} dims and the state quaternions "
+                                 f"(names {QUATERNION_NAME_ORDER}), got shape {ref.shape}")
+            self.quaternion_reference = ref
+
+    @property
+    def quaternions_aligned(self) -> bool:
+        return self.quaternion_reference is not None
+
+    def with_aligned_quaternions(self, states: np.ndarray) -> NormStats:
+        """These statistics with the state's quaternions aligned (module docstring): the reference is
+        the mean orientation of ``states`` (the raw (N, S) frames these statistics describe) and the
+        state statistics are recomputed on the aligned frames; the action statistics are kept."""
+        states = np.asarray(states, np.float64)
+        _check_dim(states, self.state_dim, "state")
+        groups = quaternion_groups(self.state_names)
+        if not groups:
+            raise ValueError(f"no quaternion in the state (names {self.state_names}); nothing to align")
+        reference = np.zeros(self.state_dim)
+        for g in groups:
+            reference[g] = mean_orientation(states[:, g])
+        aligned = FeatureStats.from_array(align_quaternions(states, reference, groups))
+        raw = self.state_raw.copy()
+        for g in groups:
+            # a component that does not vary stays raw (quantile normalisation would zero it)
+            raw[g] = (aligned.q99 - aligned.q01)[g] < _EPS
+        return NormStats(state=aligned, action=self.action,
+                         state_names=list(self.state_names), action_names=list(self.action_names),
+                         state_valid=self.state_valid, action_valid=self.action_valid, state_raw=raw,
+                         quaternion_reference=reference)
 
     @classmethod
     def from_arrays(
@@ -132,6 +183,8 @@ class NormStats:
     # ---- (un)normalisation: numpy arrays or torch tensors of shape (..., D) -----------------
     def normalize_state(self, x: Any) -> Any:
         lo, span, use, raw = self._state_params(x)
+        if self.quaternion_reference is not None:
+            x = align_quaternions(x, self.quaternion_reference, quaternion_groups(self.state_names))
         y = 2.0 * (x - lo) / span - 1.0
         y = _where(raw, x, y)
         return _where(use, y, x * 0)
@@ -140,7 +193,10 @@ class NormStats:
         lo, span, use, raw = self._state_params(y)
         x = (y + 1.0) * 0.5 * span + lo
         x = _where(raw, y, x)
-        return _where(use, x, y * 0)
+        x = _where(use, x, y * 0)
+        if self.quaternion_reference is not None:
+            x = canonical_quaternions(x, quaternion_groups(self.state_names))
+        return x
 
     def normalize_action(self, x: Any) -> Any:
         bound, use = self._action_params(x)
@@ -181,6 +237,8 @@ class NormStats:
             "state_valid": self.state_valid.tolist(),
             "action_valid": self.action_valid.tolist(),
             "state_raw": self.state_raw.tolist(),
+            **({} if self.quaternion_reference is None
+               else {"quaternion_reference": self.quaternion_reference.tolist()}),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -200,6 +258,8 @@ class NormStats:
                 state_valid=np.asarray(data.get("state_valid", []), bool),
                 action_valid=np.asarray(data.get("action_valid", []), bool),
                 state_raw=np.asarray(data.get("state_raw", []), bool),
+                quaternion_reference=(None if data.get("quaternion_reference") is None
+                                      else np.asarray(data["quaternion_reference"], np.float64)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid normalisation statistics: {exc!r}") from exc
@@ -217,6 +277,35 @@ class NormStats:
             except (json.JSONDecodeError, ValueError) as exc:
                 raise ValueError(f"{path}: {exc}") from exc
         return cls.from_dict(json.loads(text))
+
+
+def mean_orientation(quats: np.ndarray) -> np.ndarray:
+    """(4,) the mean of (N, 4) quaternions, blind to their signs: the principal eigenvector of
+    ``sum q q^T`` (Markley et al., 2007), signed so that its largest component is positive."""
+    q = np.asarray(quats, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), _EPS)
+    _, vectors = np.linalg.eigh(q.T @ q)
+    mean = vectors[:, -1]
+    return mean * np.sign(mean[np.argmax(np.abs(mean))])
+
+
+def align_quaternions(x: Any, reference: np.ndarray, groups: list[list[int]]) -> Any:
+    """Each quaternion of ``x`` (..., S) negated where its dot product with the reference is < 0."""
+    out = x.clone() if _is_torch(x) else np.array(x, copy=True)
+    for g in groups:
+        q = x[..., g]
+        dot = (q * _like(reference[g], x)).sum(-1, keepdims=True)
+        out[..., g] = _where(dot < 0, -q, q)
+    return out
+
+
+def canonical_quaternions(x: Any, groups: list[list[int]]) -> Any:
+    """Each quaternion of ``x`` (..., S) in the data's form: negated where ``w < 0``."""
+    out = x.clone() if _is_torch(x) else np.array(x, copy=True)
+    for g in groups:
+        q = x[..., g]
+        out[..., g] = _where(q[..., :1] < 0, -q, q)
+    return out
 
 
 def _nonzero_dims(stats: FeatureStats) -> np.ndarray:
@@ -273,16 +362,20 @@ def gather_state_action(
     return state, action
 
 
-def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES) -> NormStats:
+def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES, quaternions: str = "raw") -> NormStats:
     """Statistics over every frame; a dataset with its own rule (``compute_norm_stats()``, the release
-    format's statistics script) uses that instead."""
+    format's statistics script) uses that instead. ``quaternions="aligned"`` aligns the state's
+    quaternions (module docstring)."""
     own = getattr(dataset, "compute_norm_stats", None)
     if callable(own):
-        return own()
+        stats = own()
+        return stats if quaternions == "raw" else stats.with_aligned_quaternions(
+            gather_state_action(dataset, max_frames)[0])
     state, action = gather_state_action(dataset, max_frames)
-    return NormStats.from_arrays(
+    stats = NormStats.from_arrays(
         state, action, getattr(dataset, "state_names", None), getattr(dataset, "action_names", None)
     )
+    return stats if quaternions == "raw" else stats.with_aligned_quaternions(state)
 
 
 # The statistics lerobot 0.4.4 keeps per feature, in its order (``compute_stats.get_feature_stats``);

@@ -64,25 +64,32 @@ def split_episodes(source: Any, val_episodes: int) -> tuple[Any, Any | None]:
     return EpisodeSubset(source, range(n - val_episodes)), EpisodeSubset(source, range(n - val_episodes, n))
 
 
-def resolve_norm_stats(sources: Sequence[Any], roots: Sequence[str], path: str | None) -> Any:
-    """Statistics from ``path``, else the dataset's own (one dataset), else computed over all datasets."""
+def resolve_norm_stats(sources: Sequence[Any], roots: Sequence[str], path: str | None,
+                       quaternions: str = "raw") -> Any:
+    """Statistics from ``path`` (as they are: a resumed run keeps its own), else the dataset's own (one
+    dataset), else computed over all datasets; ``quaternions="aligned"`` (``ModelConfig.quaternion_norm``)
+    aligns the state's quaternions of the latter two (xwam.data.stats)."""
     from xwam.data.stats import NormStats, compute_norm_stats, gather_state_action, load_dataset_norm_stats
 
     if path is not None:
         return NormStats.from_json(path)
     if len(sources) == 1:
         try:
-            return load_dataset_norm_stats(roots[0])
+            stats = load_dataset_norm_stats(roots[0])
         except FileNotFoundError:
-            return compute_norm_stats(sources[0])
+            return compute_norm_stats(sources[0], quaternions=quaternions)
+        if quaternions == "raw" or stats.quaternions_aligned:
+            return stats
+        return stats.with_aligned_quaternions(gather_state_action(sources[0])[0])
     states, actions = zip(*(gather_state_action(s) for s in sources))
     first = sources[0]
-    return NormStats.from_arrays(
+    stats = NormStats.from_arrays(
         np.concatenate(states),
         np.concatenate(actions),
         getattr(first, "state_names", None),
         getattr(first, "action_names", None),
     )
+    return stats if quaternions == "raw" else stats.with_aligned_quaternions(np.concatenate(states))
 
 
 def _depth_kind(source: Any) -> str:
@@ -225,7 +232,7 @@ def build_training_data(tc: TrainConfig, cfg: XWAMConfig, resume_from: Path | No
     stats_path = tc.norm_stats
     if resume_from is not None and (resume_from / STATS_FILE).is_file():
         stats_path = str(resume_from / STATS_FILE)
-    norm_stats = resolve_norm_stats(sources, tc.data, stats_path)
+    norm_stats = resolve_norm_stats(sources, tc.data, stats_path, cfg.model.quaternion_norm)
     cfg = check_data_matches_model(sources, tc.data, norm_stats, cfg)
     if tc.clips == "release":
         clip_cfg = ClipConfig.release(image_size=(m.image_height, m.image_width), augment=tc.augment, seed=tc.seed,
