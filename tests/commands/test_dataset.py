@@ -60,6 +60,13 @@ def test_stats_and_check_stats(dataset: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["dataset", "check-stats", str(dataset), "--checkpoint", str(ckpt)]) == 1
     out = capsys.readouterr().out
     assert "disagree" in out and "action[0] (dx) q99" in out
+    # a checkpoint that aligned the state's quaternions (the small preset) is compared like with like
+    from xwam.data.open import open_dataset
+    from xwam.data.stats import compute_norm_stats
+
+    compute_norm_stats(open_dataset(dataset), quaternions="aligned").to_json(ckpt / "norm_stats.json")
+    assert main(["dataset", "check-stats", str(dataset), "--checkpoint", str(ckpt)]) == 0
+    assert "match" in capsys.readouterr().out
 
 
 def test_clean_errors(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:

@@ -99,3 +99,66 @@ def test_dataset_stats_written_with_dataset(tmp_path: Path) -> None:
     assert lerobot_stats["observation.state"]["count"] == [len(state)]
     img = lerobot_stats["observation.images.eye_in_hand"]["mean"]
     assert np.asarray(img).shape == (3, 1, 1) and 0 < np.asarray(img).min() < 1
+
+
+def _hand_tilting_through_vertical(n: int = 201) -> np.ndarray:
+    """States of a hand pointing down (a half turn about a horizontal axis) that tilts from -3 to +3
+    degrees about x: its quaternion in the data's w >= 0 form has w ~ 0 and flips sign midway."""
+    from xwam.geometry.transforms import matrix_to_quat_wxyz
+
+    def rot_x(a: float) -> np.ndarray:
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+    yaw = np.pi / 4
+    down = np.array([[np.cos(yaw), np.sin(yaw), 0], [np.sin(yaw), -np.cos(yaw), 0], [0, 0, -1]])
+    tilts = np.linspace(-0.05, 0.05, n)
+    state = np.zeros((n, 8))
+    state[:, 0] = np.linspace(0.0, 0.1, n)
+    state[:, 3:7] = matrix_to_quat_wxyz(np.stack([rot_x(t) @ down for t in tilts]))
+    state[:, 7] = np.linspace(0.2, 0.8, n)
+    return state
+
+
+def test_aligned_quaternions_are_continuous_and_invertible(tmp_path: Path) -> None:
+    state = _hand_tilting_through_vertical()
+    action = np.random.default_rng(0).normal(size=(len(state), 7))
+    assert np.all(state[:, 3] >= 0) and np.ptp(np.sign(state[:, 4])) == 2  # the data's form flips
+    raw = NormStats.from_arrays(state, action)
+    aligned = raw.with_aligned_quaternions(state)
+    assert raw.quaternion_reference is None and aligned.quaternions_aligned
+    assert aligned.state_raw.tolist() == [False] * 8 and aligned.action is raw.action
+    # raw: one step of a smooth tilt jumps by ~1.4 in x and y; aligned: every step is alike small
+    jumps_raw = np.abs(np.diff(raw.normalize_state(state)[:, 3:7], axis=0)).max(1)
+    jumps_aligned = np.abs(np.diff(aligned.normalize_state(state)[:, 3:7], axis=0)).max(1)
+    assert jumps_raw.max() > 1.0 and jumps_aligned.max() < min(0.1, 3 * np.median(jumps_aligned))
+    # the normalised tilt spans the quantile range, as xyz does (raw: w spans 0.03)
+    assert np.ptp(aligned.normalize_state(state)[:, 3]) > 1.9 and np.ptp(state[:, 3]) < 0.03
+    # q and -q are the same rotation and normalise alike; unnormalising gives back the data's form
+    flipped = state.copy()
+    flipped[:, 3:7] *= -1
+    np.testing.assert_allclose(aligned.normalize_state(flipped), aligned.normalize_state(state), atol=1e-12)
+    np.testing.assert_allclose(aligned.unnormalize_state(aligned.normalize_state(state)), state, atol=1e-12)
+    as_torch = aligned.normalize_state(torch.from_numpy(flipped).float())
+    np.testing.assert_allclose(as_torch.numpy(), aligned.normalize_state(state), atol=1e-3)  # float32
+    np.testing.assert_allclose(aligned.unnormalize_state(as_torch).numpy(), state, atol=1e-5)
+    # the choice travels with the statistics
+    aligned.to_json(tmp_path / "norm_stats.json")
+    back = NormStats.from_json(tmp_path / "norm_stats.json")
+    np.testing.assert_array_equal(back.quaternion_reference, aligned.quaternion_reference)
+    assert compare_stats(back, aligned) == []
+    assert "state quaternions: dataset raw vs checkpoint aligned" in compare_stats(raw, aligned)
+
+
+def test_aligned_quaternions_edge_cases() -> None:
+    state = _hand_tilting_through_vertical(50)
+    action = np.zeros((50, 7))
+    still = state.copy()
+    still[:, 3:7] = [0.0, 0.6, 0.8, 0.0]  # a hand that never turns: its quaternion stays raw, not zeroed
+    norm = NormStats.from_arrays(still, action).with_aligned_quaternions(still)
+    assert norm.state_raw[3:7].tolist() == [True] * 4
+    np.testing.assert_allclose(norm.unnormalize_state(norm.normalize_state(still)), still, atol=1e-12)
+    with pytest.raises(ValueError, match="no quaternion"):
+        NormStats.from_arrays(state, action, [f"s{i}" for i in range(8)]).with_aligned_quaternions(state)
+    with pytest.raises(ValueError, match="quaternion_reference"):
+        NormStats.from_dict({**NormStats.from_arrays(state, action).to_dict(), "quaternion_reference": [1.0, 0.0]})

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from train_testutils import read_metrics
 
 from xwam.cli import main
+from xwam.data import open_dataset
+from xwam.data.stats import NormStats
 from xwam.model.checkpoint import load_checkpoint
 from xwam.train import TrainConfig
 
@@ -56,6 +59,17 @@ def test_xwam_train_small_preset_on_lift(
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     model, cfg, stats = load_checkpoint(out / "checkpoints" / "latest")
     assert cfg.preset == "small" and cfg.sampler.video_steps == 4 and stats["state_names"]
+    # the small preset aligns the state's quaternions: the checkpoint's statistics carry the reference
+    # (the data's mean orientation), and q and -q (the same hand pose) reach the model alike
+    norm = NormStats.from_dict(stats)
+    state = np.asarray(open_dataset(lift_dataset).episode_numeric(0)[0], np.float64)
+    dots = np.sum(state[:, 3:7] * norm.quaternion_reference[3:7], 1)
+    assert norm.quaternions_aligned and np.all(np.abs(dots) > 0.9)  # every pose near the mean one ...
+    assert dots.min() < 0 < dots.max()  # ... and w >= 0 flips the sign within this Lift episode
+    flipped = state.copy()
+    flipped[:, 3:7] *= -1
+    np.testing.assert_allclose(norm.normalize_state(flipped), norm.normalize_state(state))
+    np.testing.assert_allclose(norm.unnormalize_state(norm.normalize_state(flipped)), state, atol=1e-9)
     assert TrainConfig.from_json(out / "train_config.json").steps == 3
 
     # resume without repeating the options: the run's own train_config.json is reused; a longer --steps

@@ -314,7 +314,7 @@ def run_import_stats(args: argparse.Namespace) -> int:
 
 def run_check_stats(args: argparse.Namespace) -> int:
     from xwam.data.open import open_dataset
-    from xwam.data.stats import NormStats, compare_stats, compute_norm_stats, load_dataset_norm_stats
+    from xwam.data.stats import NormStats, compare_stats, compute_norm_stats, gather_state_action, load_dataset_norm_stats
 
     ckpt = Path(args.checkpoint)
     ckpt_file = ckpt / "norm_stats.json" if ckpt.is_dir() else ckpt
@@ -327,6 +327,9 @@ def run_check_stats(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         dataset_stats = compute_norm_stats(open_dataset(args.path))
         source = "computed"
+    if checkpoint_stats.quaternions_aligned and not dataset_stats.quaternions_aligned:
+        # the checkpoint aligned the state's quaternions before normalising: compare like with like
+        dataset_stats = dataset_stats.with_aligned_quaternions(gather_state_action(open_dataset(args.path))[0])
     problems = compare_stats(dataset_stats, checkpoint_stats, rtol=args.rtol)
     if problems:
         print(f"statistics of {args.path} ({source}) disagree with {ckpt_file} in {len(problems)} place(s):")

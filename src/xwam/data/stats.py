@@ -668,6 +668,14 @@ def compare_stats(dataset_stats: NormStats, checkpoint_stats: NormStats, rtol: f
                 problems.append(
                     f"{part}[{i}] ({a_names[i]}) {stat}: dataset {va[i]:.6g} vs checkpoint {vb[i]:.6g}"
                 )
+        if part == "state":
+            ra, rb = dataset_stats.quaternion_reference, checkpoint_stats.quaternion_reference
+            if (ra is None) != (rb is None):
+                problems.append(f"state quaternions: dataset {'raw' if ra is None else 'aligned'} vs checkpoint "
+                                f"{'raw' if rb is None else 'aligned'}")
+            elif ra is not None and len(ra) == len(rb) and not np.allclose(ra, rb, atol=rtol):
+                problems.append(f"state quaternion reference: dataset {np.round(ra, 4).tolist()} vs checkpoint "
+                                f"{np.round(rb, 4).tolist()}")
         for mask in ("valid", "raw") if part == "state" else ("valid",):
             ma = getattr(dataset_stats, f"{part}_{mask}")
             mb = getattr(checkpoint_stats, f"{part}_{mask}")
