@@ -36,7 +36,6 @@ def test_sampler_config_changes_only_through_a_validated_copy():
 
 
 def test_quaternion_norm_is_validated_and_the_release_keeps_raw_quaternions():
-    assert get_preset("small").model.quaternion_norm == "aligned"
     assert get_preset("wan22-ti2v-5b").model.quaternion_norm == "raw"  # the release's statistics
     with pytest.raises(ValueError, match="quaternion_norm='sign' must be 'raw' or 'aligned'"):
         dataclasses.replace(get_preset("tiny").model, quaternion_norm="sign")

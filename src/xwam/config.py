@@ -433,10 +433,6 @@ def _small() -> XWAMConfig:
         # the wrist camera sees 4-25 cm, the static cameras 0.5-4.7 m: inverse depth left the static
         # views' depth at AbsRel 0.32 (see xwam.codecs.depth); log depth weighs both alike
         depth_curve="log",
-        # the demo's hand points down (w near 0): raw, its orientation corrections (rx, rz) were the
-        # vision check's largest errors; aligned, a state-only probe on the demo's data predicts
-        # them 3.8x / 2x better on held-out episodes (xwam.data.stats)
-        quaternion_norm="aligned",
         text_encoder="minilm",
         text_dim=384,
         text_len=16,
