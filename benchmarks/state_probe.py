@@ -14,7 +14,6 @@ row; only the state's quaternion normalisation differs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

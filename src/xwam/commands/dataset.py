@@ -314,7 +314,13 @@ def run_import_stats(args: argparse.Namespace) -> int:
 
 def run_check_stats(args: argparse.Namespace) -> int:
     from xwam.data.open import open_dataset
-    from xwam.data.stats import NormStats, compare_stats, compute_norm_stats, gather_state_action, load_dataset_norm_stats
+    from xwam.data.stats import (
+        NormStats,
+        compare_stats,
+        compute_norm_stats,
+        gather_state_action,
+        load_dataset_norm_stats,
+    )
 
     ckpt = Path(args.checkpoint)
     ckpt_file = ckpt / "norm_stats.json" if ckpt.is_dir() else ckpt
