@@ -44,6 +44,8 @@ def test_xwam_train_small_preset_on_lift(
             "sampler.video_steps=4",
             "--set",
             "sampler.action_steps=2",
+            "--set",
+            "model.quaternion_norm=aligned",
             "--no-progress",
         ]
     )
@@ -59,7 +61,8 @@ def test_xwam_train_small_preset_on_lift(
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     model, cfg, stats = load_checkpoint(out / "checkpoints" / "latest")
     assert cfg.preset == "small" and cfg.sampler.video_steps == 4 and stats["state_names"]
-    # the small preset aligns the state's quaternions: the checkpoint's statistics carry the reference
+    assert cfg.model.quaternion_norm == "aligned"
+    # aligned state quaternions: the checkpoint's statistics carry the reference
     # (the data's mean orientation), and q and -q (the same hand pose) reach the model alike
     norm = NormStats.from_dict(stats)
     state = np.asarray(open_dataset(lift_dataset).episode_numeric(0)[0], np.float64)
