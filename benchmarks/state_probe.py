@@ -5,7 +5,7 @@
 A small MLP (state -> the current action, no images) is trained on a finished `xwam demo` run's
 training demonstrations and scored on its noise-free held-out episodes, once per
 ``ModelConfig.quaternion_norm``: the statistics and the normalisation are the ones training uses
-(:func:`xwam.data.stats.compute_norm_stats`, :meth:`NormStats.normalize_state`). Errors are MAE in
+(:func:`xwam.train.data.resolve_norm_stats`, :meth:`NormStats.normalize_state`). Errors are MAE in
 normalised action units per dimension, as the vision check reports them. Baseline, same episodes:
 the training frames' mean action (a probe that learned nothing). Same seed, data and steps in every
 row; only the state's quaternion normalisation differs.
@@ -22,7 +22,8 @@ import torch
 
 from xwam.atomic import atomic_write_json
 from xwam.data import open_dataset
-from xwam.data.stats import compute_norm_stats, gather_state_action
+from xwam.data.stats import gather_state_action
+from xwam.train.data import resolve_norm_stats
 
 MODES = ("raw", "aligned")
 
@@ -34,7 +35,7 @@ def probe(data: Path, heldout: Path, steps: int, seed: int) -> dict:
     names = list(getattr(train_ds, "action_names", None) or [f"a{i}" for i in range(train_action.shape[1])])
     rows: dict[str, dict] = {}
     for mode in MODES:
-        stats = compute_norm_stats(train_ds, quaternions=mode)
+        stats = resolve_norm_stats([train_ds], [str(data)], None, mode)
         x_train, x_test = (torch.tensor(stats.normalize_state(s), dtype=torch.float32) for s in (train_state, test_state))
         y_train, y_test = (torch.tensor(stats.normalize_action(a), dtype=torch.float32) for a in (train_action, test_action))
         torch.manual_seed(seed)

@@ -62,9 +62,10 @@ def test_stats_and_check_stats(dataset: Path, tmp_path: Path, capsys: pytest.Cap
     assert "disagree" in out and "action[0] (dx) q99" in out
     # a checkpoint that aligned the state's quaternions (the small preset) is compared like with like
     from xwam.data.open import open_dataset
-    from xwam.data.stats import compute_norm_stats
+    from xwam.data.stats import compute_norm_stats, with_quaternion_norm
 
-    compute_norm_stats(open_dataset(dataset), quaternions="aligned").to_json(ckpt / "norm_stats.json")
+    ds = open_dataset(dataset)
+    with_quaternion_norm(compute_norm_stats(ds), "aligned", [ds]).to_json(ckpt / "norm_stats.json")
     assert main(["dataset", "check-stats", str(dataset), "--checkpoint", str(ckpt)]) == 0
     assert "match" in capsys.readouterr().out
 

@@ -318,8 +318,8 @@ def run_check_stats(args: argparse.Namespace) -> int:
         NormStats,
         compare_stats,
         compute_norm_stats,
-        gather_state_action,
         load_dataset_norm_stats,
+        with_quaternion_norm,
     )
 
     ckpt = Path(args.checkpoint)
@@ -333,9 +333,9 @@ def run_check_stats(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         dataset_stats = compute_norm_stats(open_dataset(args.path))
         source = "computed"
-    if checkpoint_stats.quaternions_aligned and not dataset_stats.quaternions_aligned:
-        # the checkpoint aligned the state's quaternions before normalising: compare like with like
-        dataset_stats = dataset_stats.with_aligned_quaternions(gather_state_action(open_dataset(args.path))[0])
+    # a checkpoint that aligned the state's quaternions is compared with the dataset's aligned alike
+    mode = "aligned" if checkpoint_stats.quaternions_aligned else "raw"
+    dataset_stats = with_quaternion_norm(dataset_stats, mode, [open_dataset(args.path)])
     problems = compare_stats(dataset_stats, checkpoint_stats, rtol=args.rtol)
     if problems:
         print(f"statistics of {args.path} ({source}) disagree with {ckpt_file} in {len(problems)} place(s):")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 ARM_STATE_NAMES = ["x", "y", "z", "qw", "qx", "qy", "qz", "gripper"]
 ARM_ACTION_NAMES = ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]
-QUATERNION_NAMES = {"qw", "qx", "qy", "qz"}
 QUATERNION_NAME_ORDER = ("qw", "qx", "qy", "qz")
+QUATERNION_NAMES = set(QUATERNION_NAME_ORDER)
 
 # A flat observation (the openpi layout the policy, the server, eval and imagine share) holds one
 # image per camera under OBS_IMAGE_PREFIX + camera, the state under OBS_STATE_KEY and "prompt".

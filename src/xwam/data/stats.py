@@ -11,9 +11,9 @@ Normalisation (the X-WAM release):
 - state quaternions, optionally *aligned* (``ModelConfig.quaternion_norm = "aligned"``, our choice
   for models trained from scratch): each quaternion is first moved to the hemisphere of a reference
   (``q -> sign(q . r) q``, the same rotation), then normalised with quantiles like xyz, and
-  unnormalised back to the data's ``w >= 0`` form. The reference ``r`` is the data's mean
-  orientation, the principal eigenvector of ``sum q q^T`` (Markley et al., 2007, "Averaging
-  quaternions"). Why: a gripper pointing down is a half turn about a horizontal axis, so ``w`` is
+  unnormalised back to the data's ``w >= 0`` form (the same flip, towards ``r = (1, 0, 0, 0)``).
+  The reference ``r`` is the data's mean orientation
+  (:func:`xwam.geometry.transforms.mean_quat_wxyz`). Why: a gripper pointing down is a half turn about a horizontal axis, so ``w`` is
   near 0 and ``w >= 0`` flips the sign of x, y, z whenever the hand tilts through vertical (every
   Lift episode does it 4 times), and the raw components that encode the small tilts the expert
   corrects span 0.07 against 2 for normalised xyz. Aligned, the encoding is continuous wherever
@@ -27,6 +27,7 @@ Values outside the quantile range are not clipped (normalisation is exactly inve
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from xwam.data.layout import (
     quaternion_dims,
     quaternion_groups,
 )
+from xwam.geometry.transforms import mean_quat_wxyz
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 DEFAULT_MAX_FRAMES = 2_000_000
@@ -119,9 +121,11 @@ class NormStats:
         self.state_valid = np.asarray(self.state_valid, bool)
         self.action_valid = np.asarray(self.action_valid, bool)
         self.state_raw = np.asarray(self.state_raw, bool)
+        # the state's quaternions, once: normalisation runs per sample in the data loader
+        self._quaternion_groups = quaternion_groups(self.state_names)
         if self.quaternion_reference is not None:
             ref = np.asarray(self.quaternion_reference, np.float64)
-            if ref.shape != (S,) or not quaternion_groups(self.state_names):
+            if ref.shape != (S,) or not self._quaternion_groups:
                 raise ValueError(f"quaternion_reference must have the state's {S} dims and the state quaternions "
                                  f"(names {QUATERNION_NAME_ORDER}), got shape {ref.shape}")
             self.quaternion_reference = ref
@@ -136,12 +140,12 @@ class NormStats:
         state statistics are recomputed on the aligned frames; the action statistics are kept."""
         states = np.asarray(states, np.float64)
         _check_dim(states, self.state_dim, "state")
-        groups = quaternion_groups(self.state_names)
+        groups = self._quaternion_groups
         if not groups:
             raise ValueError(f"no quaternion in the state (names {self.state_names}); nothing to align")
         reference = np.zeros(self.state_dim)
         for g in groups:
-            reference[g] = mean_orientation(states[:, g])
+            reference[g] = mean_quat_wxyz(states[:, g])
         aligned = FeatureStats.from_array(align_quaternions(states, reference, groups))
         raw = self.state_raw.copy()
         for g in groups:
@@ -184,7 +188,7 @@ class NormStats:
     def normalize_state(self, x: Any) -> Any:
         lo, span, use, raw = self._state_params(x)
         if self.quaternion_reference is not None:
-            x = align_quaternions(x, self.quaternion_reference, quaternion_groups(self.state_names))
+            x = align_quaternions(x, self.quaternion_reference, self._quaternion_groups)
         y = 2.0 * (x - lo) / span - 1.0
         y = _where(raw, x, y)
         return _where(use, y, x * 0)
@@ -194,8 +198,10 @@ class NormStats:
         x = (y + 1.0) * 0.5 * span + lo
         x = _where(raw, y, x)
         x = _where(use, x, y * 0)
-        if self.quaternion_reference is not None:
-            x = canonical_quaternions(x, quaternion_groups(self.state_names))
+        if self.quaternion_reference is not None:  # back to the data's w >= 0 form
+            w_axis = np.zeros(self.state_dim)
+            w_axis[[g[0] for g in self._quaternion_groups]] = 1.0
+            x = align_quaternions(x, w_axis, self._quaternion_groups)
         return x
 
     def normalize_action(self, x: Any) -> Any:
@@ -279,16 +285,6 @@ class NormStats:
         return cls.from_dict(json.loads(text))
 
 
-def mean_orientation(quats: np.ndarray) -> np.ndarray:
-    """(4,) the mean of (N, 4) quaternions, blind to their signs: the principal eigenvector of
-    ``sum q q^T`` (Markley et al., 2007), signed so that its largest component is positive."""
-    q = np.asarray(quats, np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), _EPS)
-    _, vectors = np.linalg.eigh(q.T @ q)
-    mean = vectors[:, -1]
-    return mean * np.sign(mean[np.argmax(np.abs(mean))])
-
-
 def align_quaternions(x: Any, reference: np.ndarray, groups: list[list[int]]) -> Any:
     """Each quaternion of ``x`` (..., S) negated where its dot product with the reference is < 0."""
     out = x.clone() if _is_torch(x) else np.array(x, copy=True)
@@ -296,15 +292,6 @@ def align_quaternions(x: Any, reference: np.ndarray, groups: list[list[int]]) ->
         q = x[..., g]
         dot = (q * _like(reference[g], x)).sum(-1, keepdims=True)
         out[..., g] = _where(dot < 0, -q, q)
-    return out
-
-
-def canonical_quaternions(x: Any, groups: list[list[int]]) -> Any:
-    """Each quaternion of ``x`` (..., S) in the data's form: negated where ``w < 0``."""
-    out = x.clone() if _is_torch(x) else np.array(x, copy=True)
-    for g in groups:
-        q = x[..., g]
-        out[..., g] = _where(q[..., :1] < 0, -q, q)
     return out
 
 
@@ -362,20 +349,25 @@ def gather_state_action(
     return state, action
 
 
-def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES, quaternions: str = "raw") -> NormStats:
+def compute_norm_stats(dataset: Any, max_frames: int = DEFAULT_MAX_FRAMES) -> NormStats:
     """Statistics over every frame; a dataset with its own rule (``compute_norm_stats()``, the release
-    format's statistics script) uses that instead. ``quaternions="aligned"`` aligns the state's
-    quaternions (module docstring)."""
+    format's statistics script) uses that instead."""
     own = getattr(dataset, "compute_norm_stats", None)
     if callable(own):
-        stats = own()
-        return stats if quaternions == "raw" else stats.with_aligned_quaternions(
-            gather_state_action(dataset, max_frames)[0])
+        return own()
     state, action = gather_state_action(dataset, max_frames)
-    stats = NormStats.from_arrays(
+    return NormStats.from_arrays(
         state, action, getattr(dataset, "state_names", None), getattr(dataset, "action_names", None)
     )
-    return stats if quaternions == "raw" else stats.with_aligned_quaternions(state)
+
+
+def with_quaternion_norm(stats: NormStats, mode: str, datasets: Sequence[Any]) -> NormStats:
+    """``stats`` as ``ModelConfig.quaternion_norm = mode`` wants them: aligned (from the state frames
+    of ``datasets``, the ones ``stats`` describe) when ``mode`` is "aligned" and they are not yet;
+    otherwise unchanged (statistics that are already aligned keep their reference)."""
+    if mode == "raw" or stats.quaternions_aligned:
+        return stats
+    return stats.with_aligned_quaternions(np.concatenate([gather_state_action(d)[0] for d in datasets]))
 
 
 # The statistics lerobot 0.4.4 keeps per feature, in its order (``compute_stats.get_feature_stats``);
@@ -673,7 +665,7 @@ def compare_stats(dataset_stats: NormStats, checkpoint_stats: NormStats, rtol: f
             if (ra is None) != (rb is None):
                 problems.append(f"state quaternions: dataset {'raw' if ra is None else 'aligned'} vs checkpoint "
                                 f"{'raw' if rb is None else 'aligned'}")
-            elif ra is not None and len(ra) == len(rb) and not np.allclose(ra, rb, atol=rtol):
+            elif ra is not None and not np.allclose(ra, rb, atol=rtol):
                 problems.append(f"state quaternion reference: dataset {np.round(ra, 4).tolist()} vs checkpoint "
                                 f"{np.round(rb, 4).tolist()}")
         for mask in ("valid", "raw") if part == "state" else ("valid",):

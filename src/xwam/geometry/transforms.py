@@ -36,6 +36,17 @@ def quat_wxyz_to_matrix(quat: np.ndarray) -> np.ndarray:
     return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
 
 
+def mean_quat_wxyz(quats: np.ndarray) -> np.ndarray:
+    """(4,) the mean of (N, 4) quaternions wxyz, blind to their signs: the principal eigenvector of
+    ``sum q q^T`` (Markley et al., 2007, "Averaging quaternions"), signed so that its largest
+    component is positive."""
+    q = np.asarray(quats, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    _, vectors = np.linalg.eigh(q.T @ q)
+    mean = vectors[:, -1]
+    return mean * np.sign(mean[np.argmax(np.abs(mean))])
+
+
 def matrix_to_quat_wxyz(rotation: np.ndarray) -> np.ndarray:
     """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions wxyz with ``w >= 0``.
 

@@ -69,7 +69,13 @@ def resolve_norm_stats(sources: Sequence[Any], roots: Sequence[str], path: str |
     """Statistics from ``path`` (as they are: a resumed run keeps its own), else the dataset's own (one
     dataset), else computed over all datasets; ``quaternions="aligned"`` (``ModelConfig.quaternion_norm``)
     aligns the state's quaternions of the latter two (xwam.data.stats)."""
-    from xwam.data.stats import NormStats, compute_norm_stats, gather_state_action, load_dataset_norm_stats
+    from xwam.data.stats import (
+        NormStats,
+        compute_norm_stats,
+        gather_state_action,
+        load_dataset_norm_stats,
+        with_quaternion_norm,
+    )
 
     if path is not None:
         return NormStats.from_json(path)
@@ -77,19 +83,17 @@ def resolve_norm_stats(sources: Sequence[Any], roots: Sequence[str], path: str |
         try:
             stats = load_dataset_norm_stats(roots[0])
         except FileNotFoundError:
-            return compute_norm_stats(sources[0], quaternions=quaternions)
-        if quaternions == "raw" or stats.quaternions_aligned:
-            return stats
-        return stats.with_aligned_quaternions(gather_state_action(sources[0])[0])
-    states, actions = zip(*(gather_state_action(s) for s in sources))
-    first = sources[0]
-    stats = NormStats.from_arrays(
-        np.concatenate(states),
-        np.concatenate(actions),
-        getattr(first, "state_names", None),
-        getattr(first, "action_names", None),
-    )
-    return stats if quaternions == "raw" else stats.with_aligned_quaternions(np.concatenate(states))
+            stats = compute_norm_stats(sources[0])
+    else:
+        states, actions = zip(*(gather_state_action(s) for s in sources))
+        first = sources[0]
+        stats = NormStats.from_arrays(
+            np.concatenate(states),
+            np.concatenate(actions),
+            getattr(first, "state_names", None),
+            getattr(first, "action_names", None),
+        )
+    return with_quaternion_norm(stats, quaternions, sources)
 
 
 def _depth_kind(source: Any) -> str:
