@@ -22,7 +22,7 @@ from xwam_dataset_testutils import make_episode
 from xwam.data.errors import DatasetError
 from xwam.data.lerobot import LeRobotV3Writer, write_episodes
 from xwam.data.lerobot_reader import LeRobotV3Dataset
-from xwam.data.stats import LEROBOT_STAT_NAMES, compute_lerobot_stats
+from xwam.data.lerobot_stats import LEROBOT_STAT_NAMES, compute_lerobot_stats
 from xwam.data.video import DepthMillimetres, DepthQuantizer
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -59,7 +59,7 @@ from xwam.data.lerobot_reader import (
     load_tasks,
     rgb_key,
 )
-from xwam.data.stats import (
+from xwam.data.lerobot_stats import (
     LEROBOT_STAT_NAMES,
     depth_stats_arrays,
     image_stats_arrays,
