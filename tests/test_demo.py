@@ -22,6 +22,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert vision["num_clips"] > 0 and set(vision["conditions"]) == {"true", "other_images", "other_state", "blind_chunk"}
     summary = json.loads((out / "run" / "train_summary.json").read_text())
     assert summary["steps_done"] == summary["steps"] and not summary["cut_by_time"]  # budgeted in steps
+    assert json.loads((out / "run" / "train_config.json").read_text())["min_lr_ratio"] == 1.0  # constant rate + EMA
     assert json.loads((out / "run" / "codec_fit.json").read_text())["rgb_reconstruction_psnr_db"] > 10
     html = (out / "report.html").read_text()
     for section in ("Closed-loop success", "blind replay", "Training losses", "Latent codec", "4D quality",
@@ -34,3 +35,14 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     # a second run skips every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already done, skipped") == 6
+
+
+def test_schedule_options_reach_the_demo_config(tmp_path, monkeypatch):
+    import xwam.demo
+
+    seen = []
+    monkeypatch.setattr(xwam.demo, "run_demo", seen.append)
+    assert main(["demo", "--out", str(tmp_path / "a")]) == 0
+    assert main(["demo", "--out", str(tmp_path / "b"), "--min-lr-ratio", "0", "--steps", "5200"]) == 0
+    assert seen[0].min_lr_ratio == 1.0 and seen[0].steps == 2600  # the demo's defaults
+    assert seen[1].min_lr_ratio == 0.0 and seen[1].steps == 5200  # the cosine schedule of runs A-T

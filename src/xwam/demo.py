@@ -54,6 +54,11 @@ class DemoConfig:
     batch_size: int = 8
     shift_augment: int = 0  # random shift of every view by up to N pixels during training (0: off)
     lr: float | None = None
+    # The learning rate's floor as a fraction of the peak: 1 keeps it constant after the warm-up and lets
+    # the EMA average the weights; 0 decays it to zero along a cosine. Measured (README, run U): at step
+    # 2,600 of a long, nearly constant schedule the EMA weights scored 100 %, sample PSNR 20.16 dB, AbsRel
+    # 0.120 and vision ratio 1.55, against 100 %, 19.61 dB, 0.151 and 1.41 for 2,600 cosine-decayed steps.
+    min_lr_ratio: float = 1.0
     ema_decay: float = 0.999  # > 0: keep an EMA of the weights (warmed up) and act / imagine with it
     replan_every: int | None = None
     eval_max_steps: int | None = 120  # the expert needs ~40 steps; failures stop here, not at the horizon
@@ -160,12 +165,15 @@ def run_demo(cfg: DemoConfig) -> Path:
         run_dir = root / "run"
         resume = "latest" if latest_checkpoint(run_dir) is not None else None
         cap = f", capped at {cfg.minutes:g} min" if cfg.minutes else ""
-        s.announce(f"preset {cfg.preset} from scratch with ANS, {cfg.steps} steps of batch {cfg.batch_size}{cap}"
+        schedule = ("constant learning rate" if cfg.min_lr_ratio == 1 else
+                    f"cosine learning rate to {cfg.min_lr_ratio:g}x")
+        s.announce(f"preset {cfg.preset} from scratch with ANS, {cfg.steps} steps of batch {cfg.batch_size}, "
+                   f"{schedule}{cap}"
                    + (" (resuming)" if resume else ""),
                    # a first guess (the trainer prints one measured on this machine after its warm-up)
                    estimate_s=cfg.steps / STEPS_PER_S_REFERENCE * cfg.batch_size / 8)
         ckpt = train(data=[str(root / "data")], out=str(run_dir), preset=cfg.preset, overrides=list(cfg.overrides),
-                     steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, max_minutes=cfg.minutes,
+                     steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, max_minutes=cfg.minutes,
                      cache_latents=not cfg.shift_augment, shift_augment=cfg.shift_augment, seed=cfg.seed, save_every=200, threads=cfg.threads, resume=resume,
                      val_images=False, ema_decay=cfg.ema_decay)
         run_summary = _read_json(run_dir / "train_summary.json") or {}

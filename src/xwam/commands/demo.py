@@ -45,11 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="config override on top of the preset, repeatable (e.g. model.num_layers=6)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps (the cosine LR schedule spans them) {default('steps')}")
+                   help=f"training steps, after which the EMA weights act and imagine {default('steps')}")
     p.add_argument("--batch-size", type=int, default=None, help=f"clips per step {default('batch_size')}")
     p.add_argument("--shift-augment", type=int, default=None, metavar="PIXELS",
                    help=f"random shift of every view by up to PIXELS while training {default('shift_augment')}")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's from-scratch rate)")
+    p.add_argument("--min-lr-ratio", type=float, default=None, metavar="R",
+                   help="learning-rate floor as a fraction of --lr: 1 keeps the rate constant after the warm-up "
+                        "(the EMA averages the weights), 0 decays it to zero along a cosine over --steps "
+                        f"{default('min_lr_ratio', '{:g}')}")
     p.add_argument("--ema-decay", type=float, default=None,
                    help=f"EMA of the weights used to act and imagine, 0 disables it {default('ema_decay', '{:g}')}")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     changes = {k: v for k, v in dict(task=args.task, out=args.out, minutes=args.minutes, steps=args.steps, episodes=args.episodes,
                                      eval_episodes=args.eval_episodes, preset=args.preset,
-                                     batch_size=args.batch_size, shift_augment=args.shift_augment, lr=args.lr, ema_decay=args.ema_decay, threads=args.threads,
+                                     batch_size=args.batch_size, shift_augment=args.shift_augment, lr=args.lr, min_lr_ratio=args.min_lr_ratio, ema_decay=args.ema_decay, threads=args.threads,
                                      seed=args.seed, perturb=args.perturb, workers=args.workers).items() if v is not None}
     cfg = DemoConfig.quick_config(**changes) if args.quick else DemoConfig(**changes)
     if args.set:
