@@ -184,3 +184,17 @@ def test_help_explains_the_rows(capsys):
     out = capsys.readouterr().out
     for word in ("other_images", "other_state", "blind_chunk", ">= 2"):
         assert word in out
+
+
+@pytest.mark.parametrize("ratio, words", [(2.3, "met: the chunk depends"), (1.05, "NOT met: the chunk hardly"),
+                                          (1.88, "NOT met: the cameras change the chunk")])
+def test_the_table_states_the_verdict_for_its_ratio(ratio, words):
+    from xwam.diagnose import CONDITIONS, markdown
+
+    errors = {"true": 0.1, "other_images": 0.1 * ratio, "other_state": 0.12, "blind_chunk": 0.13}
+    result = {"checkpoint": "ckpt", "data": "data", "num_clips": 4, "episodes": [0, 1], "action_horizon": 8,
+              "seed": 0, "vision_target": 2.0,
+              "conditions": {c: {"mae": errors[c], "mse": errors[c] ** 2} for c in CONDITIONS},
+              "ratios": {f"{c}/true": errors[c] / errors["true"] for c in CONDITIONS if c != "true"}}
+    line = next(x for x in markdown(result).splitlines() if x.startswith("other_images / true ="))
+    assert f"= {ratio:.2f} (target >= 2, {words}" in line

@@ -127,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=S,
         help="with --resume and a larger --steps: train on past the run's planned schedule. The cosine "
         "learning-rate schedule is stretched over the new total (the rate jumps up at the resumed step), "
-        "so the result differs from a run planned that long from the start. Without it, --resume "
+        "so the result differs from a run planned that long from the start, unless the rate is constant "
+        "after warm-up (--min-lr-ratio 1, the demo's): then nothing changes. Without it, --resume "
         "continues the stored schedule exactly and refuses a different --steps",
     )
     a(
