@@ -296,7 +296,7 @@ class DiffusionConfig:
     action_prefix_prob: float = 0.1
     # Per-modality loss weights (the paper weighs all four 1). On the CPU demo a 5x action weight
     # did not help the policy (16 % vs 28 % closed-loop success on 50 held-out Lift seeds), nor did 3x
-    # on today's demo (README, run W2: 96 % vs 100 %, vision ratio 1.38 vs 1.56).
+    # on the constant-rate demo of 1ba9817 (README, run W2: 96 % vs 100 %, vision ratio 1.38 vs 1.56).
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
     state_loss_weight: float = 1.0

@@ -43,6 +43,8 @@ DESCRIPTIONS = {
     "blind_chunk": "no model: another episode's recorded chunk",
 }
 VISION_TARGET = 2.0
+# below this other_images / true ratio the verdict says the chunk hardly depends on the cameras
+HARDLY_RATIO = 1.2
 
 
 @dataclass(frozen=True)
@@ -242,12 +244,12 @@ def vision_check(
 
 
 def vision_verdict(ratio: float, target: float = VISION_TARGET) -> str:
-    """The words beside the ratio: below 1.2 the cameras hardly move the chunk; between that and the
-    target they do, by less than the target asks (a recovery policy can sit there and still fall to
-    blind-replay success in closed loop without its own cameras, see the README)."""
+    """The words beside the ratio: below HARDLY_RATIO the cameras hardly move the chunk; between that
+    and the target they do, by less than the target asks (a recovery policy can sit there and still
+    fall to blind-replay success in closed loop when shown another episode's images)."""
     if ratio >= target:
         return "met: the chunk depends on the cameras"
-    if ratio < 1.2:
+    if ratio < HARDLY_RATIO:
         return "NOT met: the chunk hardly depends on the cameras"
     return "NOT met: the cameras change the chunk, by less than the target"
 
