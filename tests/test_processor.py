@@ -105,7 +105,8 @@ RELEASE_FIXTURE = Path(__file__).parent / "data" / "fixtures" / "release-format"
 def release_clips():
     """Clips of the release-format fixture (depth in codec units) for a tiny 3-view model."""
     from xwam.data.clips import ClipConfig, ClipDataset
-    from xwam.data.release import ReleaseDataset, norm_stats_from_release
+    from xwam.data.release import ReleaseDataset
+    from xwam.data.release_stats import norm_stats_from_release
 
     expected = json.loads((RELEASE_FIXTURE / "expected.json").read_text())
     norm = norm_stats_from_release(expected["statistics"], raw_gripper=True)

@@ -206,7 +206,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     if s.done:
         s.announce("already done, skipped")
     else:
-        from xwam.evaluate import evaluate_blind_replay
+        from xwam.blind_replay import evaluate_blind_replay
 
         s.announce(f"blind replay of training demonstration {cfg.baseline_episode} on the same "
                    f"{cfg.eval_episodes} seeds", estimate_s=1.0 * cfg.eval_episodes)

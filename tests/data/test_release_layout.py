@@ -18,7 +18,8 @@ from scipy.spatial.transform import Rotation
 from xwam.data.clips import ClipConfig, ClipDataset
 from xwam.data.errors import DatasetError
 from xwam.data.open import open_dataset
-from xwam.data.release import VIEW_TYPES, ReleaseDataset, norm_stats_from_release, release_statistics
+from xwam.data.release import VIEW_TYPES, ReleaseDataset
+from xwam.data.release_stats import norm_stats_from_release, release_statistics
 from xwam.data.stats import compute_norm_stats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release-format"

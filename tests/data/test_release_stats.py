@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from xwam.cli import main
-from xwam.data.release import ReleaseDataset, read_release_statistics
+from xwam.data.release import ReleaseDataset
+from xwam.data.release_stats import read_release_statistics
 from xwam.data.stats import NormStats, load_dataset_norm_stats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release-format"

@@ -247,7 +247,7 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.path) / 'meta/xwam_norm.json'} and merged into {Path(args.path) / 'meta/stats.json'}")
     else:
         if hasattr(ds, "action_mode"):
-            from xwam.data.release import norm_stats_from_release, release_statistics
+            from xwam.data.release_stats import norm_stats_from_release, release_statistics
 
             release = release_statistics(ds)
             norm = norm_stats_from_release(release, raw_gripper=ds.action_mode == "raw", where=str(args.path))
@@ -286,7 +286,11 @@ def _write_release_yaml(path: Path, stats: dict[str, Any]) -> None:
 
 def run_import_stats(args: argparse.Namespace) -> int:
     from xwam.data.open import open_dataset
-    from xwam.data.release import asymmetric_action_keys, norm_stats_from_release, read_release_statistics
+    from xwam.data.release_stats import (
+        asymmetric_action_keys,
+        norm_stats_from_release,
+        read_release_statistics,
+    )
 
     ds = open_dataset(args.path)
     stats = read_release_statistics(args.stats)

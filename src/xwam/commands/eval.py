@@ -153,13 +153,8 @@ def eval_blind_replay(
 ) -> list[TaskResult]:
     """The blind-replay baseline: episode ``DATA[:EPISODE]``'s recorded actions executed open loop on
     the same seeds as :func:`eval_policy`; ``tasks`` default to the task it was recorded in."""
-    from xwam.evaluate import (
-        evaluate_blind_replay,
-        load_blind_replay,
-        markdown_table,
-        parse_replay_ref,
-        write_results,
-    )
+    from xwam.blind_replay import evaluate_blind_replay, load_blind_replay, parse_replay_ref
+    from xwam.evaluate import markdown_table, write_results
 
     seeds = list(range(seed, seed + episodes))
     root, episode = parse_replay_ref(ref)
