@@ -161,6 +161,15 @@ def test_cli_writes_json_and_table(checkpoints, dataset, tmp_path, capsys):
     for name, row in result["per_dimension"].items():
         assert f"| {name} |" in table
         assert result["per_dimension_other_images/true"][name] == pytest.approx(row["other_images"] / row["true"])
+    # the clips split by start: episode starts and later ones, together every clip, weighted back to the total
+    by_start = result["by_start"]
+    assert by_start["first"]["clips"] == 2 and by_start["later"]["clips"] == 2  # 2 episodes x (start 0, a later one)
+    for cond in ("true", "other_images", "other_state", "blind_chunk"):
+        want = np.mean([c["mae"][cond] for c in result["clips"] if c["start"] == 0])
+        assert by_start["first"]["mae"][cond] == pytest.approx(want)
+        assert (by_start["first"]["mae"][cond] + by_start["later"]["mae"][cond]) / 2 == pytest.approx(
+            result["conditions"][cond]["mae"])
+    assert "| first chunk of the episode (start 0) | 2 |" in table and "| later chunks | 2 |" in table
     assert not list(out.glob("*.tmp"))
     assert "other_images / true" in capsys.readouterr().out
 

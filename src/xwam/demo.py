@@ -363,6 +363,15 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
             report.add_table(rows, caption="The same errors per action dimension (normalised units): the overall "
                                            "MAE weighs every dimension alike, so one the cameras cannot inform "
                                            "dilutes its ratio.")
+        by_start = vision.get("by_start")  # absent in diagnose.json of older runs
+        if by_start:
+            labels = {"first": "first chunk (start 0, from rest)", "later": "later chunks (arm under way)"}
+            rows = [{"clips": labels[name], "count": row["clips"],
+                     **{cond.replace("_", " "): round(mae, 4) for cond, mae in row["mae"].items()},
+                     "other images / true": None if row["other_images/true"] is None else round(row["other_images/true"], 2)}
+                    for name, row in by_start.items()]
+            report.add_table(rows, caption="The same errors by where the clip starts: the first chunk plans the whole "
+                                           "approach from the cube's place, later ones continue a motion under way.")
     if results:
         report.add_heading("Latency and time", level=2)
         rows = [{"what": "policy chunk (mean, closed loop)", "ms": round(results["tasks"][0]["mean_chunk_ms"], 1)}]

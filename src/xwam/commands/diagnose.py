@@ -20,7 +20,8 @@ first), so at least 2 are needed; its time index is the clip's start clamped to 
 Starts are --clips-per-episode evenly spaced frames where a full chunk of recorded actions exists.
 Errors are mean absolute (MAE) and squared (MSE) differences to the recorded chunk in normalised
 action units (the checkpoint's statistics), over the valid action dimensions and the chunk,
-averaged over clips.
+averaged over clips; diagnose.md adds them per action dimension and split by where the clip
+starts (the first chunk of each episode, planned from rest, vs the later ones).
 
 Reading the ratios: other_images / true near 1 means the chunk hardly depends on the cameras (the
 target is >= 2); other_state / true shows how much the state drives it; if true is not clearly
