@@ -207,3 +207,23 @@ def test_the_table_states_the_verdict_for_its_ratio(ratio, words):
               "ratios": {f"{c}/true": errors[c] / errors["true"] for c in CONDITIONS if c != "true"}}
     line = next(x for x in markdown(result).splitlines() if x.startswith("other_images / true ="))
     assert f"= {ratio:.2f} (target >= 2, {words}" in line
+
+
+def test_sampler_changes_reach_the_policy_and_are_recorded(checkpoints, dataset, tmp_path, capsys):
+    args = ["diagnose", "--checkpoint", str(checkpoints[None]), "--data", str(dataset), "--episodes", "1:",
+            "--clips-per-episode", "2"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    assert main([*args, "--sampler", "action_steps=1", "--sampler", "action_temperature=0",
+                 "--out", str(tmp_path / "changed")]) == 0
+    default, changed = (json.loads((tmp_path / name / "diagnose.json").read_text()) for name in ("default", "changed"))
+    assert changed["sampler"]["action_steps"] == changed["action_steps"] == 1
+    assert changed["sampler"]["action_temperature"] == 0
+    assert changed["sampler_changes"] == ["action_steps=1", "action_temperature=0"] and default["sampler_changes"] == []
+    assert default["sampler"]["action_steps"] != 1
+    # one action step from zero noise gives other chunks than the checkpoint's sampler, on the same clips
+    assert changed["conditions"]["true"]["mae"] != pytest.approx(default["conditions"]["true"]["mae"], rel=1e-6)
+    assert "sampler changed: action_steps=1, action_temperature=0" in (tmp_path / "changed" / "diagnose.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--sampler", "action_stepz=3", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown field 'action_stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

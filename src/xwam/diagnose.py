@@ -27,6 +27,7 @@ If ``other_images`` scores about like ``true`` the policy hardly looks at its ca
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,14 @@ def vision_check(
     out: str | Path | None = None,
     progress: bool = True,
     device: str = "cpu",
+    sampler: list[str] | None = None,
 ) -> dict[str, Any]:
     """Action-chunk error of a checkpoint's policy under the four conditions (see the module doc).
 
-    ``episodes``: None (all), a spec string (``-3:``, ``0,4``) or a list of indices. With ``out``,
-    writes ``out/diagnose.json`` (the returned dict) and ``out/diagnose.md``.
+    ``episodes``: None (all), a spec string (``-3:``, ``0,4``) or a list of indices. ``sampler``:
+    ``FIELD=VALUE`` changes to the checkpoint's sampler config (e.g. ``action_steps=10``), to compare
+    sampler settings on the same clips and noise. With ``out``, writes ``out/diagnose.json`` (the
+    returned dict) and ``out/diagnose.md``.
     """
     import torch
     from tqdm import tqdm
@@ -131,6 +135,10 @@ def vision_check(
     from xwam.policy import XWAMPolicy
 
     policy = XWAMPolicy.from_checkpoint(checkpoint, device=device)
+    if sampler:
+        # parsed and validated like `xwam train --set sampler.FIELD=VALUE`
+        changed = policy.config.override([f"sampler.{item}" for item in sampler]).sampler
+        policy = policy.with_sampler(**dataclasses.asdict(changed))
     m = policy.config.model
     horizon, cams = m.action_horizon, policy.camera_names
     stats = policy.processor.norm_stats
@@ -231,6 +239,8 @@ def vision_check(
         "num_clips": len(clips),
         "action_horizon": int(horizon),
         "action_steps": int(policy.config.sampler.action_steps),
+        "sampler": dataclasses.asdict(policy.config.sampler),
+        "sampler_changes": list(sampler or []),
         "conditions": conditions,
         "ratios": ratios,
         "per_dimension": per_dimension,
@@ -279,7 +289,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Action-chunk error of `{result['checkpoint']}` on {result['num_clips']} clips of `{result['data']}` "
         f"(episodes {', '.join(map(str, episodes))}; {result['action_horizon']} actions per chunk; "
-        f"normalised action units, valid dimensions; seed {result['seed']})",
+        f"normalised action units, valid dimensions; seed {result['seed']}"
+        + (f"; sampler changed: {', '.join(result['sampler_changes'])}" if result.get("sampler_changes") else "")
+        + ")",
         "",
         "| condition | policy input | MAE | MSE | MAE / true |",
         "|---|---|---|---|---|",

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clip starts per episode, evenly spaced (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed: clip i uses seed + i (default 0)")
     p.add_argument("--out", default="out/diagnose", help="output folder (default out/diagnose)")
+    p.add_argument("--sampler", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change the checkpoint's sampler config, e.g. --sampler action_steps=10 "
+                        "--sampler action_temperature=0 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); use 1 per process when running several side by side")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = vision_check(args.checkpoint, args.data, episodes=args.episodes,
                           clips_per_episode=args.clips_per_episode, seed=args.seed, out=args.out,
-                          device=args.device)
+                          device=args.device, sampler=args.sampler)
     print(markdown(result))
     out = Path(args.out)
     print(f"wrote {out / 'diagnose.json'} and {out / 'diagnose.md'}")
