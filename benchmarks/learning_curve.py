@@ -30,7 +30,7 @@ def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max
     """One checkpoint through the demo's eval, eval-4d and diagnose stages (the same functions and settings)."""
     from xwam.commands.eval import eval_policy
     from xwam.commands.imagine import eval_4d
-    from xwam.diagnose import vision_check
+    from xwam.diagnose import errors_by_start, vision_check
 
     weights = ckpt / "ema" if (ckpt / "ema").is_dir() else ckpt
     point: dict[str, Any] = {"success_rate": None, "episodes": 0}
@@ -53,6 +53,13 @@ def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max
                  action_mae_true=vision["conditions"]["true"]["mae"],
                  action_mae_other_images=vision["conditions"]["other_images"]["mae"],
                  action_mae_blind_chunk=vision["conditions"]["blind_chunk"]["mae"])
+    # the first chunk of each episode (planned from rest) apart from the later ones (recomputed from the
+    # clips, so diagnose.json files written before the split count too)
+    for group, row in errors_by_start(vision["clips"]).items():
+        suffix = "first_chunk" if group == "first" else "later_chunks"
+        point.update({f"vision_ratio_{suffix}": row["other_images/true"],
+                      f"action_mae_true_{suffix}": row["mae"]["true"],
+                      f"action_mae_other_images_{suffix}": row["mae"]["other_images"]})
     return point
 
 
@@ -60,13 +67,15 @@ def svg_plot(points: list[dict[str, Any]], blind: float | None, path: Path) -> N
     """Up to three panels (success %, PSNR dB, vision ratio) against steps, as a dependency-free SVG.
 
     Dashed lines are each panel's reference: blind replay, the frozen present, the ratio's target of 2.
-    A panel whose quantity no point measured is left out."""
+    The ratio panel adds the first chunks of the episodes (orange) and the later ones (green) where
+    measured. A panel whose quantity no point measured is left out."""
     panel_w, height, pad = 380, 300, 50
     steps = [p["step"] for p in points]
     x0, x1 = 0, max(steps) * 1.05
     frozen = next((p["frozen_psnr"] for p in points if p.get("frozen_psnr") is not None), None)
     psnrs = [p["psnr"] for p in points if p.get("psnr") is not None] + ([frozen] if frozen is not None else [])
-    ratios = [p["vision_ratio"] for p in points if p.get("vision_ratio") is not None]
+    ratio_keys = ("vision_ratio", "vision_ratio_first_chunk", "vision_ratio_later_chunks")
+    ratios = [p[k] for p in points for k in ratio_keys if p.get(k) is not None]
     panels = [  # key, scale, lo, hi, label, reference, tick format
         ("success_rate", 100, 0, 100, "Lift success (%); dashed: blind replay",
          None if blind is None else blind * 100, "{:.0f}"),
@@ -93,12 +102,23 @@ def svg_plot(points: list[dict[str, Any]], blind: float | None, path: Path) -> N
         for s in steps:
             x, _ = xy(s, lo)
             parts.append(f'<text x="{x}" y="{pad + h + 14}" text-anchor="middle" font-size="11">{s}</text>')
-        measured = [(p["step"], p[key] * scale) for p in points if p.get(key) is not None]
-        line = " ".join(f"{xy(st, v)[0]:.1f},{xy(st, v)[1]:.1f}" for st, v in measured)
-        parts.append(f'<polyline points="{line}" fill="none" stroke="#1f77b4" stroke-width="2"/>')
-        for st, v in measured:
-            x, y = xy(st, v)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#1f77b4"/>')
+        series = [(key, "#1f77b4", "all clips")]
+        if key == "vision_ratio":
+            series += [("vision_ratio_first_chunk", "#ff7f0e", "first chunks"),
+                       ("vision_ratio_later_chunks", "#2ca02c", "later chunks")]
+        legend_y = pad + 14
+        for series_key, colour, name in series:
+            measured = [(p["step"], p[series_key] * scale) for p in points if p.get(series_key) is not None]
+            if not measured:
+                continue
+            line = " ".join(f"{xy(st, v)[0]:.1f},{xy(st, v)[1]:.1f}" for st, v in measured)
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            for st, v in measured:
+                x, y = xy(st, v)
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"/>')
+            if len(series) > 1:
+                parts.append(f'<text x="{ox + pad + 6}" y="{legend_y}" font-size="11" fill="{colour}">{name}</text>')
+                legend_y += 13
         if ref is not None:
             _, y = xy(x0, ref)
             parts.append(f'<line x1="{ox + pad}" y1="{y:.1f}" x2="{ox + pad + w}" y2="{y:.1f}" stroke="#d62728" '

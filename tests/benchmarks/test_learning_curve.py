@@ -73,12 +73,15 @@ def test_curve_records_each_checkpoints_stages(run_and_data, tmp_path, monkeypat
         assert point["action_mae_true"] == vision["conditions"]["true"]["mae"]
         assert point["success_rate"] is None  # --episodes 0: no closed-loop evaluation
         assert vision["num_clips"] == 3 * 4  # the demo's 4 clips per held-out episode
+        assert point["vision_ratio_first_chunk"] == vision["by_start"]["first"]["other_images/true"]
+        assert point["action_mae_true_later_chunks"] == vision["by_start"]["later"]["mae"]["true"]
     # step 20's EMA weights were evaluated, not a missing raw folder
     assert json.loads((out / "work" / "step-20" / "diagnose" / "diagnose.json").read_text())["checkpoint"].endswith(
         "ema")
     assert curve["points"][0]["vision_ratio"] != curve["points"][1]["vision_ratio"]
     svg = (out / "curve.svg").read_text()
     assert "vision ratio" in svg and "PSNR" in svg and "Lift success" not in svg  # no success measured, no panel
+    assert "first chunks" in svg and "later chunks" in svg
 
 
 def test_a_missing_step_is_named(run_and_data, tmp_path, monkeypatch):
