@@ -3,8 +3,6 @@ records, per step, what those stages wrote (PSNR beside the frozen present, the 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,38 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from xwam.config import get_preset
 from xwam.model.checkpoint import save_checkpoint
 from xwam.model.transformer import XWAMTransformer
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "data"))
-from xwam_dataset_testutils import make_episode  # noqa: E402
-
-CAMERAS = ["agentview", "eye_in_hand"]  # the tiny preset has 2 views
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_testutils import load_benchmark, tiny_heldout  # noqa: E402
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "benchmarks" / "learning_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("learning_curve")
 
 
 @pytest.fixture(scope="module")
 def run_and_data(tmp_path_factory):
     """3 synthetic RGB-D episodes and a run folder with two tiny checkpoints (steps 10 and 20, one with EMA)."""
-    from xwam.data import write_episodes
-    from xwam.data.stats import load_dataset_norm_stats, write_dataset_stats
-
-    data = tmp_path_factory.mktemp("data") / "heldout"
-    write_episodes(data, [make_episode(n, seed=i, cameras=CAMERAS, height=16, width=16) for i, n in
-                          enumerate((12, 14, 16))])
-    write_dataset_stats(data, images=False)
-    preset = get_preset("tiny")
-    preset = dataclasses.replace(preset, model=dataclasses.replace(
-        preset.model, camera_names=CAMERAS, image_height=16, image_width=16))
-    norm = load_dataset_norm_stats(data).to_dict()
+    data, preset, norm = tiny_heldout(tmp_path_factory.mktemp("data"))
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     save_checkpoint(run / "checkpoints" / "step-00000010", XWAMTransformer(preset.model), preset, norm_stats=norm)

@@ -3,8 +3,6 @@ checkpoint with exactly the weighted mean of their raw weights, and scores it wi
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,39 +11,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xwam.config import get_preset
 from xwam.model.checkpoint import load_checkpoint, save_checkpoint
 from xwam.model.transformer import XWAMTransformer
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "data"))
-from xwam_dataset_testutils import make_episode  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_testutils import load_benchmark, tiny_heldout  # noqa: E402
 
-CAMERAS = ["agentview", "eye_in_hand"]  # the tiny preset has 2 views
 STEPS = (10, 20, 30)
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("weight_averages", ROOT / "benchmarks" / "weight_averages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("weight_averages")
 
 
 @pytest.fixture(scope="module")
 def run_and_data(tmp_path_factory):
     """3 synthetic episodes and a run with raw snapshots at steps 10, 20, 30 (EMA weights at 30)."""
-    from xwam.data import write_episodes
-    from xwam.data.stats import load_dataset_norm_stats, write_dataset_stats
-
-    data = tmp_path_factory.mktemp("data") / "heldout"
-    write_episodes(data, [make_episode(n, seed=i, cameras=CAMERAS, height=16, width=16) for i, n in
-                          enumerate((12, 14, 16))])
-    write_dataset_stats(data, images=False)
-    preset = get_preset("tiny")
-    preset = dataclasses.replace(preset, model=dataclasses.replace(
-        preset.model, camera_names=CAMERAS, image_height=16, image_width=16))
-    norm = load_dataset_norm_stats(data).to_dict()
+    data, preset, norm = tiny_heldout(tmp_path_factory.mktemp("data"))
     run = tmp_path_factory.mktemp("run")
     for i, step in enumerate(STEPS):
         torch.manual_seed(i)
