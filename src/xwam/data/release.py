@@ -69,40 +69,22 @@ from xwam.codecs.depth import DEPTH_KIND_CODEC_UNIT, release_depth_code_to_unit
 from xwam.data.episode import Episode, EpisodeCache
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names
+from xwam.data.release_arms import (
+    ACTION_DIM,
+    ARM_ACTION,
+    ARM_STATE,
+    ARMS,
+    STATE_DIM,
+    arm_motion,
+    canonical_quat_wxyz,
+    rotations_from_field,
+)
+from xwam.data.release_stats import norm_stats_from_release, release_statistics
 from xwam.data.video import decode_frames
 
-ARMS = ("left", "right")
 VIEW_TYPES = {"static": 0, "dynamic": 1}  # the release's camera_type_mask values
-STATE_DIM, ACTION_DIM = 16, 14
-ARM_STATE, ARM_ACTION = 8, 7
 EPISODE_GLOB = "data/chunk-*/episode_*.json"
 JSON_CACHE_SIZE = 64
-
-
-# ---------------------------------------------------------------------------------------------
-# rotations (scipy, as the release)
-# ---------------------------------------------------------------------------------------------
-def rotations_from_field(values: Any, where: str) -> Rotation:
-    """A T x 9 (row-major), T x 3 x 3 or T x 3 (rotation vector) field -> T rotations."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim == 2 and array.shape[1] == 9:
-        return Rotation.from_matrix(array.reshape(-1, 3, 3))
-    if array.ndim == 3 and array.shape[1:] == (3, 3):
-        return Rotation.from_matrix(array)
-    if array.ndim == 2 and array.shape[1] == 3:
-        return Rotation.from_rotvec(array)
-    raise DatasetError(f"{where}: expected T x 9, T x 3 x 3 or T x 3 values, got shape {array.shape}")
-
-
-def canonical_quat_wxyz(rotations: Rotation) -> np.ndarray:
-    """(T, 4) quaternions w, x, y, z with w >= 0 (negated when w < 0; w = 0 left as it is)."""
-    q = rotations.as_quat()[:, [3, 0, 1, 2]]
-    return np.where(q[:, :1] < 0, -q, q)
-
-
-def rotation_delta_vectors(target: Rotation, current: Rotation) -> np.ndarray:
-    """(T, 3) rotation vectors of ``R_target R_current^T`` (angle in [0, pi]), the release's action rotation."""
-    return (target * current.inv()).as_rotvec()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,8 +335,6 @@ class ReleaseDataset:
     def compute_norm_stats(self) -> Any:
         """Our NormStats from the statistics the release's script would compute on this dataset (raw
         mode keeps the gripper action un-normalised); :func:`xwam.data.stats.compute_norm_stats` uses it."""
-        from xwam.data.release_stats import norm_stats_from_release, release_statistics
-
         return norm_stats_from_release(release_statistics(self), raw_gripper=self.action_mode == "raw")
 
     def __repr__(self) -> str:
@@ -466,20 +446,3 @@ def _state_action(signals: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]
         else:  # gripper[t + 1] - gripper[t]
             action[:steps, a + 6] = np.diff(signals["proprio"][arm][2])
     return state.astype(np.float32), action.astype(np.float32), steps
-
-
-def arm_motion(signals: dict[str, Any], slot: int, arm: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """One arm's (T, 3) position and (T, 3) rotation-vector action for every frame, un-normalised:
-    raw mode: ``raw_actions`` columns 0-2 and 3-5 of its slot; delta mode: target minus proprio
-    position and the rotation vector of ``R_target R_proprio^T``. None when the arm has no action.
-    The one owner of these deltas: episodes and the release's statistics both use it."""
-    raw = signals["raw"]
-    if raw is not None:
-        if raw.shape[1] < (slot + 1) * ARM_ACTION:
-            return None
-        cols = raw[:, slot * ARM_ACTION : (slot + 1) * ARM_ACTION]
-        return cols[:, :3], cols[:, 3:6]
-    if arm not in signals["target"]:
-        return None
-    (pos, rot, _grip), (tpos, trot) = signals["proprio"][arm], signals["target"][arm]
-    return tpos - pos, rotation_delta_vectors(trot, rot)

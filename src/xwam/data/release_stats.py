@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xwam.data.errors import DatasetError
 from xwam.data.layout import default_action_names, default_state_names
-from xwam.data.release import ACTION_DIM, ARM_ACTION, ARM_STATE, ARMS, STATE_DIM, ReleaseDataset, arm_motion
+from xwam.data.release_arms import ACTION_DIM, ARM_ACTION, ARM_STATE, ARMS, STATE_DIM, arm_motion
+
+if TYPE_CHECKING:
+    from xwam.data.release import ReleaseDataset
 
 STATIC_THRESHOLD = 0.01  # the release's compute_stats.py --static-threshold default
 
