@@ -146,7 +146,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.run / "checkpoints").is_dir():
         raise SystemExit(f"{args.run}: not a training run folder (no checkpoints/)")
-    ckpts = {int(p.name.split("-")[1]): p for p in (args.run / "checkpoints").glob("step-*") if p.is_dir()}
+    from xwam.train.checkpoints import step_folders, step_of
+
+    ckpts = {step_of(p): p for p in step_folders(args.run / "checkpoints")}
     wanted = [int(s) for s in args.steps.split(",") if s.strip()] or sorted(ckpts)
     missing = [s for s in wanted if s not in ckpts]
     if missing:

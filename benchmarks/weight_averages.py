@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +40,12 @@ from xwam.model.checkpoint import (
     write_manifest,
 )
 
-SNAPSHOT = re.compile(r"step-(\d+)$")
-
 
 def snapshots(run: Path, at: int) -> dict[int, Path]:
     """Kept checkpoint folders of ``run`` by step, up to ``at``."""
-    found = {int(m.group(1)): p for p in (run / "checkpoints").glob("step-*") if (m := SNAPSHOT.search(p.name))}
-    return dict(sorted((s, p) for s, p in found.items() if s <= at))
+    from xwam.train.checkpoints import step_folders, step_of
+
+    return dict(sorted((step_of(p), p) for p in step_folders(run / "checkpoints") if step_of(p) <= at))
 
 
 def average_weights(spec: str, steps: list[int], at: int) -> dict[int, float]:
@@ -74,9 +71,8 @@ def average_weights(spec: str, steps: list[int], at: int) -> dict[int, float]:
 def write_average(snaps: dict[int, Path], weights: dict[int, float], at: int, target: Path) -> Path:
     """A loadable checkpoint whose weights are the ``weights``-mean of the snapshots' raw weights."""
     states = {s: load_file(str(snaps[s] / MODEL_FILE)) for s in weights}
-    reference = states[at] if at in states else next(iter(states.values()))
     mean = {}
-    for key, value in reference.items():
+    for key, value in states[at].items():  # every average weighs the snapshot at ``at``
         if value.is_floating_point():
             acc = sum(states[s][key].double() * w for s, w in weights.items())
             mean[key] = acc.to(value.dtype).contiguous()
@@ -120,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             if not (snaps[at] / "ema").is_dir():
                 raise SystemExit(f"{snaps[at]} has no ema/ weights")
             weights: dict[int, float] = {}
-            shutil.rmtree(folder, ignore_errors=True)
             checkpoint = snaps[at] / "ema"
         else:
             weights = average_weights(spec, list(snaps), at)

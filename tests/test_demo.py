@@ -26,7 +26,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert json.loads((out / "run" / "codec_fit.json").read_text())["rgb_reconstruction_psnr_db"] > 10
     html = (out / "report.html").read_text()
     for section in ("Closed-loop success", "blind replay", "Training losses", "Latent codec", "4D quality",
-                    "frozen present", "Imagined future", "Vision check", "action dimension", "first chunk (start 0", "Latency"):
+                    "frozen present", "Imagined future", "Vision check", "action dimension", "first chunk of the episode (start 0, from rest)", "Latency"):
         assert section in html, section
     assert "WARNING" not in html
     assert list((out / "eval").glob("*/videos/*.mp4"))

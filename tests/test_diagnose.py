@@ -169,7 +169,8 @@ def test_cli_writes_json_and_table(checkpoints, dataset, tmp_path, capsys):
         assert by_start["first"]["mae"][cond] == pytest.approx(want)
         assert (by_start["first"]["mae"][cond] + by_start["later"]["mae"][cond]) / 2 == pytest.approx(
             result["conditions"][cond]["mae"])
-    assert "| first chunk of the episode (start 0) | 2 |" in table and "| later chunks | 2 |" in table
+    assert "| first chunk of the episode (start 0, from rest) | 2 |" in table
+    assert "| later chunks (arm under way) | 2 |" in table
     assert not list(out.glob("*.tmp"))
     assert "other_images / true" in capsys.readouterr().out
 

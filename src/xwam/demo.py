@@ -365,8 +365,9 @@ def write_report(root: Path, cfg: DemoConfig, checkpoint: Path, timings: dict[st
                                            "dilutes its ratio.")
         by_start = vision.get("by_start")  # absent in diagnose.json of older runs
         if by_start:
-            labels = {"first": "first chunk (start 0, from rest)", "later": "later chunks (arm under way)"}
-            rows = [{"clips": labels[name], "count": row["clips"],
+            from xwam.diagnose import START_GROUPS
+
+            rows = [{"clips": START_GROUPS[name], "count": row["clips"],
                      **{cond.replace("_", " "): round(mae, 4) for cond, mae in row["mae"].items()},
                      "other images / true": None if row["other_images/true"] is None else round(row["other_images/true"], 2)}
                     for name, row in by_start.items()]

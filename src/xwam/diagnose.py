@@ -45,6 +45,8 @@ DESCRIPTIONS = {
     "blind_chunk": "no model: another episode's recorded chunk",
 }
 VISION_TARGET = 2.0
+# the two clip groups of errors_by_start, as the tables name them (diagnose.md, the demo report)
+START_GROUPS = {"first": "first chunk of the episode (start 0, from rest)", "later": "later chunks (arm under way)"}
 # below this other_images / true ratio the verdict says the chunk hardly depends on the cameras
 HARDLY_RATIO = 1.2
 
@@ -219,15 +221,14 @@ def vision_check(
     conditions = {c: {"mae": float(np.mean([clip["mae"][c] for clip in clips])),
                       "mse": float(np.mean([clip["mse"][c] for clip in clips]))} for c in CONDITIONS}
     base = conditions["true"]["mae"]
-    ratios = {f"{c}/true": (conditions[c]["mae"] / base if base > 0 else None) for c in CONDITIONS[1:]}
+    ratios = {f"{c}/true": _ratio(conditions[c]["mae"], base) for c in CONDITIONS[1:]}
     vision_ratio = ratios["other_images/true"]
     # The overall MAE weighs every normalised dimension alike; a dimension the cameras cannot inform
     # (e.g. a small orientation correction scaled up by its tiny range) dilutes the ratio, so show each.
     names = [n for n, ok in zip(stats.action_names, np.asarray(stats.action_valid, bool)) if ok]
     per_dimension = {name: {c: float(np.mean([clip["mae_per_dimension"][c][d] for clip in clips]))
                             for c in CONDITIONS} for d, name in enumerate(names)}
-    per_dimension_ratios = {name: (row["other_images"] / row["true"] if row["true"] > 0 else None)
-                            for name, row in per_dimension.items()}
+    per_dimension_ratios = {name: _ratio(row["other_images"], row["true"]) for name, row in per_dimension.items()}
     result = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -267,9 +268,13 @@ def errors_by_start(clips: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not members:
             continue
         mae = {c: float(np.mean([clip["mae"][c] for clip in members])) for c in CONDITIONS}
-        out[name] = {"clips": len(members), "mae": mae,
-                     "other_images/true": mae["other_images"] / mae["true"] if mae["true"] > 0 else None}
+        out[name] = {"clips": len(members), "mae": mae, "other_images/true": _ratio(mae["other_images"], mae["true"])}
     return out
+
+
+def _ratio(error: float, true_error: float) -> float | None:
+    """error / true_error, None when the true error is 0 (the tables print n/a)."""
+    return error / true_error if true_error > 0 else None
 
 
 def vision_verdict(ratio: float, target: float = VISION_TARGET) -> str:
@@ -323,9 +328,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "MAE by where the clip starts (the first chunk plans from rest; later ones with the arm under way):",
                   "", "| clips | count | " + " | ".join(CONDITIONS) + " | other_images / true |",
                   "|---|---|" + "---|" * (len(CONDITIONS) + 1)]
-        labels = {"first": "first chunk of the episode (start 0)", "later": "later chunks"}
         for name, row in by_start.items():
-            lines.append(f"| {labels[name]} | {row['clips']} | " + " | ".join(f"{row['mae'][c]:.4f}" for c in CONDITIONS)
+            lines.append(f"| {START_GROUPS[name]} | {row['clips']} | " + " | ".join(f"{row['mae'][c]:.4f}" for c in CONDITIONS)
                          + f" | {_fmt(row['other_images/true'])} |")
     return "\n".join(lines) + "\n"
 
