@@ -111,22 +111,17 @@ class ScriptedExpert:
 
     # -- control ----------------------------------------------------------------------------
     def target_rotation(self, object_rot: np.ndarray | None) -> np.ndarray:
-        """Gripper pointing down, fingers closing across the object (yaw nearest to the current one).
-
-        With no object yaw to match (round objects, or a task that ignores it) the fingers turn to the
-        nearest quarter-turn of the world frame, not the yaw the hand started with: the commands must
-        be a function of what a policy observes, and the start yaw (robosuite's joint start noise,
-        a few hundredths of a radian) is seen by no later observation, so holding it made every
-        later yaw correction unpredictable."""
+        """Gripper pointing down, fingers closing across the object (yaw nearest to the current one)."""
         _, hand_rot = self.hand_pose()
         # fingers slide along the grip site's y axis
         current = float(np.arctan2(hand_rot[1, 1], hand_rot[0, 1]))
         if self._grip_yaw is None:
+            desired = current
             if object_rot is not None and self.yaw_symmetry is not None:
-                base, period = _yaw(object_rot), self.yaw_symmetry
-            else:
-                base, period = 0.0, np.pi / 2
-            self._grip_yaw = base + np.round(_wrap(current - base) / period) * period
+                base = _yaw(object_rot)
+                k = np.round(_wrap(current - base) / self.yaw_symmetry)
+                desired = base + k * self.yaw_symmetry
+            self._grip_yaw = desired
         y_axis = np.array([np.cos(self._grip_yaw), np.sin(self._grip_yaw), 0.0])
         z_axis = np.array([0.0, 0.0, -1.0])
         x_axis = np.cross(y_axis, z_axis)
@@ -206,8 +201,8 @@ class ScriptedExpert:
 class LiftExpert(ScriptedExpert):
     """Grasp the cube and raise it 15 cm.
 
-    The gripper ignores the cube's yaw: Lift's 4 cm cube fits the Panda's 8 cm opening at any yaw
-    (its diagonal is 5.7 cm) and the closing fingers square it up, so the demonstrations carry no
+    The gripper keeps its yaw: Lift's 4 cm cube fits the Panda's 8 cm opening at any yaw (its
+    diagonal is 5.7 cm) and the closing fingers square it up, so the demonstrations carry no
     rotation for a policy to infer from small images (100 % over 50 seeds either way).
     """
 
@@ -300,7 +295,7 @@ class StackExpert(PlaceExpert):
 class PickPlaceCanExpert(PlaceExpert):
     """Move the can into its quadrant of the goal bin."""
 
-    yaw_symmetry = None  # a can is round: any yaw grips it
+    yaw_symmetry = None  # a can is round: keep the current yaw
     grasp_z_offset = 0.0
     carry_height = 0.2
 
