@@ -45,23 +45,26 @@ def test_two_runs_at_two_threads_give_identical_weights(synthetic_dataset: Path,
     assert_same_weights(*runs)
 
 
-# Runs `xwam train` and SIGKILLs it at the K-th file-system step (rename, exchange, symlink, unlink,
-# folder removal) of the save of step SAVE_STEP: the crash a power cut or an OOM kill causes there.
-KILLER = textwrap.dedent(
+# A zygote process imports xwam once, then for each request forks a child that runs `xwam train` and
+# SIGKILLs itself at the K-th file-system step (rename, exchange, symlink, unlink, folder removal) of
+# the save of step SAVE_STEP: the crash a power cut or an OOM kill causes there. Forking spares each
+# kill the 5 s import of torch and diffusers; the child is a real process killed by a real signal
+# (nothing has run a parallel region before the fork, so the single-threaded child is safe).
+ZYGOTE = textwrap.dedent(
     """
-    import os, shutil, signal, sys
+    import json, os, shutil, signal, sys
     import xwam.atomic as atomic
     import xwam.train.checkpoints as checkpoints
+    import xwam.train.trainer as trainer
     from xwam.cli import main
 
-    kill_at, save_step, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-    state = {"active": False, "calls": 0}
+    state = {"active": False, "calls": 0, "kill_at": 0, "save_step": 0}
 
     def counted(fn):
         def wrapper(*a, **k):
             if state["active"]:
                 state["calls"] += 1
-                if state["calls"] == kill_at:
+                if state["calls"] == state["kill_at"]:
                     os.kill(os.getpid(), signal.SIGKILL)
             return fn(*a, **k)
         return wrapper
@@ -72,19 +75,65 @@ KILLER = textwrap.dedent(
     real_write = checkpoints.write_step_checkpoint
 
     def write(target, **kwargs):
-        state["active"] = kwargs["trainer_state"]["step"] == save_step
+        state["active"] = kwargs["trainer_state"]["step"] == state["save_step"]
         try:
             return real_write(target, **kwargs)
         finally:
             state["active"] = False
             print(f"FS_STEPS {state['calls']}", flush=True)
 
-    checkpoints.write_step_checkpoint = write
-    import xwam.train.trainer as trainer
-    trainer.write_step_checkpoint = write
-    sys.exit(main(args))
+    checkpoints.write_step_checkpoint = trainer.write_step_checkpoint = write
+    for line in sys.stdin:
+        state["kill_at"], state["save_step"], args = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                code = main(args)
+            except BaseException as err:  # report, never return into the request loop
+                print(f"ERROR {err!r}", file=sys.stderr, flush=True)
+                code = 1
+            sys.stdout.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        print(f"DONE {int(killed)} {os.waitstatus_to_exitcode(status)}", flush=True)
     """
 )
+
+
+class Zygote:
+    """The zygote above, driven one request at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        (folder / "zygote.py").write_text(ZYGOTE)
+        self.stderr = folder / "zygote.stderr"
+        self._stderr_file = self.stderr.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(folder / "zygote.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr_file, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def run(self, kill_at: int, save_step: int, args: list[str]) -> tuple[bool, int]:
+        """(killed, file-system steps the save took when not killed)."""
+        self.proc.stdin.write(json.dumps([kill_at, save_step, args]) + "\n")
+        self.proc.stdin.flush()
+        fs_steps = [0]
+        for line in self.proc.stdout:
+            if line.startswith("FS_STEPS"):
+                fs_steps.append(int(line.split()[1]))
+            elif line.startswith("DONE"):
+                _, killed, code = line.split()
+                assert killed == "1" or code == "0", self.stderr.read_text()[-3000:]
+                return killed == "1", max(fs_steps)
+        raise AssertionError(f"the zygote died: {self.stderr.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            self.proc.kill()
+            self.proc.stdout.close()
+            self._stderr_file.close()
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -93,45 +142,39 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--no-progress", "--no-tensorboard", "--no-val-images", *extra]
 
 
-def _killed_run(script: Path, kill_at: int, save_step: int, args: list[str]) -> tuple[bool, int]:
-    """(killed, file-system steps the save took when not killed)."""
-    proc = subprocess.run([sys.executable, str(script), str(kill_at), str(save_step), *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode == -9:
-        return True, 0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FS_STEPS")]
-    return False, max(steps)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["new step", "re-saved step"])
 def test_a_kill_at_any_step_of_a_save_resumes_to_the_uninterrupted_result(
     synthetic_dataset: Path, reference: Path, tmp_path: Path, scenario: str
 ) -> None:
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
+    zygote = Zygote(tmp_path)
+    if scenario == "re-saved step":  # one finished run, copied for every kill
+        finished = tmp_path / "finished" / "run"
+        assert main(_train_args(synthetic_dataset, finished)) == 0
     kill_at = 1
-    while True:
-        out = tmp_path / f"kill-{kill_at}" / "run"
-        if scenario == "new step":  # killed while saving step 4 for the first time
-            killed, fs_steps = _killed_run(script, kill_at, 4, _train_args(synthetic_dataset, out))
-        else:  # a run resumed from step 4 re-saves step 6, which `latest` points to, and is killed there
-            assert main(_train_args(synthetic_dataset, out)) == 0
-            killed, fs_steps = _killed_run(
-                script, kill_at, 6, _train_args(synthetic_dataset, out, "--resume", str(out / "checkpoints" / "step-00000004")))
-        if not killed:
-            assert fs_steps >= 2 and kill_at > fs_steps  # every step of the save was tried
-            break
-        assert latest_checkpoint(out) is not None
-        assert main(_train_args(synthetic_dataset, out, "--resume")) == 0
-        final = out / "checkpoints" / f"step-{STEPS:08d}"
-        assert latest_checkpoint(out) == final.resolve()
-        assert_same_weights(final, reference)
-        assert_same_weights(final / "ema", reference / "ema")
-        litter = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
-        assert not litter, litter
-        kill_at += 1
+    try:
+        while True:
+            out = tmp_path / f"kill-{kill_at}" / "run"
+            if scenario == "new step":  # killed while saving step 4 for the first time
+                killed, fs_steps = zygote.run(kill_at, 4, _train_args(synthetic_dataset, out))
+            else:  # a run resumed from step 4 re-saves step 6, which `latest` points to, and is killed there
+                shutil.copytree(finished, out, symlinks=True)
+                killed, fs_steps = zygote.run(
+                    kill_at, 6, _train_args(synthetic_dataset, out, "--resume", str(out / "checkpoints" / "step-00000004")))
+            if not killed:
+                assert fs_steps >= 2 and kill_at > fs_steps  # every step of the save was tried
+                break
+            assert latest_checkpoint(out) is not None
+            assert main(_train_args(synthetic_dataset, out, "--resume")) == 0
+            final = out / "checkpoints" / f"step-{STEPS:08d}"
+            assert latest_checkpoint(out) == final.resolve()
+            assert_same_weights(final, reference)
+            assert_same_weights(final / "ema", reference / "ema")
+            litter = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+            assert not litter, litter
+            kill_at += 1
+    finally:
+        zygote.close()
 
 
 def _damage_step_6(run: Path, kind: str) -> None:
