@@ -25,9 +25,11 @@ from typing import Any
 from xwam.atomic import atomic_write_json
 
 
-def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max_steps: int,
-                        workers: int = 1) -> dict[str, Any]:
-    """One checkpoint through the demo's eval, eval-4d and diagnose stages (the same functions and settings)."""
+def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max_steps: int | None,
+                        workers: int = 1, task: str = "Lift", eval_seed: int = 10_000,
+                        vision_seed: int = 0) -> dict[str, Any]:
+    """One checkpoint through the demo's eval, eval-4d and diagnose stages (the same functions and
+    settings; the defaults are the demo's task and seeds). Writes OUT/eval, OUT/eval4d, OUT/diagnose."""
     from xwam.commands.eval import eval_policy
     from xwam.commands.imagine import eval_4d
     from xwam.diagnose import errors_by_start, vision_check
@@ -36,7 +38,7 @@ def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max
     point: dict[str, Any] = {"success_rate": None, "episodes": 0}
     if episodes > 0:
         if not (out / "eval" / "results.json").exists():
-            eval_policy(weights, tasks=["Lift"], episodes=episodes, seed=10_000, max_steps=max_steps,
+            eval_policy(weights, tasks=[task], episodes=episodes, seed=eval_seed, max_steps=max_steps,
                         videos=0, out=out / "eval", workers=workers)
         success = json.loads((out / "eval" / "results.json").read_text())["tasks"][0]
         point.update(success_rate=success["success_rate"], episodes=success["episodes"])
@@ -47,7 +49,7 @@ def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max
     point.update(psnr=metrics["summary"]["all"]["mean"]["psnr"], abs_rel=metrics["summary"]["all"]["mean"]["abs_rel"],
                  frozen_psnr=frozen.get("psnr"), frozen_abs_rel=frozen.get("abs_rel"))
     if not (out / "diagnose" / "diagnose.json").exists():
-        vision_check(weights, heldout, clips_per_episode=4, seed=0, out=out / "diagnose", progress=False)
+        vision_check(weights, heldout, clips_per_episode=4, seed=vision_seed, out=out / "diagnose", progress=False)
     vision = json.loads((out / "diagnose" / "diagnose.json").read_text())
     point.update(vision_ratio=vision["ratios"]["other_images/true"],
                  action_mae_true=vision["conditions"]["true"]["mae"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from typing import Any
 from xwam.atomic import atomic_write_json
 from xwam.cli import main as xwam
 from xwam.train import latest_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from learning_curve import evaluate_checkpoint  # noqa: E402  (the demo's stages on one checkpoint)
 
 SWEEP = [(1.0, 1.0), (0.8, 1.0), (0.6, 1.0), (0.5, 1.0), (0.4, 1.0), (0.0, 1.0),
          (1.0, 0.5), (1.0, 0.0), (0.5, 0.5)]
@@ -44,12 +48,13 @@ def run(demo: Path, work: Path, sweep: list[tuple[float, float]], closed_loop: l
         name = f"video{video_t:g}_action{action_t:g}"
         ckpt = work / name / "checkpoint"
         t0 = time.time()
-        assert xwam(["convert", f"xwam:{source}", "--out", str(ckpt), "--set", f"sampler.video_temperature={video_t}",
-                     "--set", f"sampler.action_temperature={action_t}"]) == 0
-        assert xwam(["eval-4d", "--checkpoint", str(ckpt), "--data", str(demo / "heldout"), "--episodes", ":",
-                     "--starts", "2", "--save-clips", "0", "--out", str(work / name / "eval4d")]) == 0
-        assert xwam(["diagnose", "--checkpoint", str(ckpt), "--data", str(demo / "heldout"), "--clips-per-episode",
-                     "4", "--seed", str(config.get("seed", 0)), "--out", str(work / name / "diagnose")]) == 0
+        if not ckpt.is_dir():
+            assert xwam(["convert", f"xwam:{source}", "--out", str(ckpt), "--set",
+                         f"sampler.video_temperature={video_t}", "--set", f"sampler.action_temperature={action_t}"]) == 0
+        episodes = config["eval_episodes"] if (video_t, action_t) in closed_loop else 0
+        point = evaluate_checkpoint(ckpt, demo / "heldout", episodes, work / name, config.get("eval_max_steps") or None,
+                                    workers=config.get("workers", 2), task=config["task"],
+                                    eval_seed=config["eval_seed"], vision_seed=config.get("seed", 0))
         metrics = json.loads((work / name / "eval4d" / "metrics.json").read_text())
         vision = json.loads((work / name / "diagnose" / "diagnose.json").read_text())
         row = {"video_temperature": video_t, "action_temperature": action_t,
@@ -57,14 +62,8 @@ def run(demo: Path, work: Path, sweep: list[tuple[float, float]], closed_loop: l
                            "frozen_present": _means(metrics["summary_baseline_frozen"])},
                "vision_check": {"mae": {k: v["mae"] for k, v in vision["conditions"].items()},
                                 "ratios": vision["ratios"]}}
-        if (video_t, action_t) in closed_loop:
-            out = work / name / "eval"
-            assert xwam(["eval", "--checkpoint", str(ckpt), "--task", config["task"], "--episodes",
-                         str(config["eval_episodes"]), "--seed", str(config["eval_seed"]), "--max-steps",
-                         str(config["eval_max_steps"]), "--workers", str(config.get("workers", 2)), "--videos", "0",
-                         "--out", str(out)]) == 0
-            task = json.loads((out / "results.json").read_text())["tasks"][0]
-            row["success"] = {"rate": task["success_rate"], "episodes": task["episodes"]}
+        if episodes:
+            row["success"] = {"rate": point["success_rate"], "episodes": point["episodes"]}
         row["seconds"] = time.time() - t0
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("video_temperature", "action_temperature")}
