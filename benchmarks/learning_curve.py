@@ -49,7 +49,7 @@ def evaluate_checkpoint(ckpt: Path, heldout: Path, episodes: int, out: Path, max
     point.update(psnr=metrics["summary"]["all"]["mean"]["psnr"], abs_rel=metrics["summary"]["all"]["mean"]["abs_rel"],
                  frozen_psnr=frozen.get("psnr"), frozen_abs_rel=frozen.get("abs_rel"))
     if not (out / "diagnose" / "diagnose.json").exists():
-        vision_check(weights, heldout, clips_per_episode=4, seed=vision_seed, out=out / "diagnose", progress=False)
+        vision_check(weights, heldout, seed=vision_seed, out=out / "diagnose", progress=False)
     vision = json.loads((out / "diagnose" / "diagnose.json").read_text())
     point.update(vision_ratio=vision["ratios"]["other_images/true"],
                  action_mae_true=vision["conditions"]["true"]["mae"],

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             weights = average_weights(spec, list(snaps), at)
             checkpoint = write_average(snaps, weights, at, folder)
-        result = vision_check(checkpoint, args.data_heldout, clips_per_episode=4, seed=0,
-                              out=args.out / "diagnose" / spec.replace(":", "_"), progress=False)
+        result = vision_check(checkpoint, args.data_heldout, out=args.out / "diagnose" / spec.replace(":", "_"),
+                              progress=False)
         true, other = (result["conditions"][c]["mae"] for c in ("true", "other_images"))
         rows[spec] = {"snapshots": len(weights) or None, "true_mae": true, "other_images_mae": other,
                       "ratio": result["ratios"]["other_images/true"], "by_start": result["by_start"]}

@@ -238,8 +238,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         from xwam.diagnose import markdown, vision_check
 
         s.announce("vision check on held-out episodes (true vs another episode's images / state)", estimate_s=30)
-        print(markdown(vision_check(checkpoint, root / "heldout", clips_per_episode=4, seed=cfg.seed,
-                                    out=root / "diagnose")))
+        print(markdown(vision_check(checkpoint, root / "heldout", seed=cfg.seed, out=root / "diagnose")))
         s.finish({"seconds": time.time() - t0})
     timings["diagnose"] = s.summary().get("seconds", 0.0)
 

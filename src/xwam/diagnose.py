@@ -45,6 +45,7 @@ DESCRIPTIONS = {
     "blind_chunk": "no model: another episode's recorded chunk",
 }
 VISION_TARGET = 2.0
+CLIPS_PER_EPISODE = 4  # the demo's and the benchmarks' vision check (`xwam diagnose --clips-per-episode` says 4 too)
 # the two clip groups of errors_by_start, as the tables name them (diagnose.md, the demo report)
 START_GROUPS = {"first": "first chunk of the episode (start 0, from rest)", "later": "later chunks (arm under way)"}
 # below this other_images / true ratio the verdict says the chunk hardly depends on the cameras
@@ -116,7 +117,7 @@ def vision_check(
     checkpoint: str | Path,
     data: str | Path,
     episodes: str | list[int] | None = None,
-    clips_per_episode: int = 4,
+    clips_per_episode: int = CLIPS_PER_EPISODE,
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
